@@ -1,0 +1,240 @@
+"""Typed configuration: dataclasses validated by pydantic, loaded from YAML recipes, overridable from the CLI.
+
+A recipe is a YAML file whose keys mirror these dataclasses.  Unknown keys, wrong types and impossible
+combinations raise `ConfigError` naming the file and the dotted key.  `--set model.connector.tokens=64`
+style overrides are applied on top of the YAML before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+_strict = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot describe a valid run."""
+
+
+@dataclass(config=_strict)
+class EncoderConfig:
+    """CLIP-style ViT.  With `path`, weights and shape come from a local Hugging Face directory."""
+
+    type: str = "clip"  # registry name: clip | siglip
+    path: Optional[str] = None
+    image_size: int = 378  # native resolution; other view sizes use position-embedding interpolation
+    patch_size: int = 14
+    hidden_size: int = 1280
+    layers: int = 32
+    heads: int = 16
+    intermediate_size: int = 5120
+    # Which hidden state feeds the connector (LLaVA convention: -1 last layer, -2 penultimate).
+    # Layers after it are removed at build time, so they cost nothing and hold no unused parameters.
+    feature_layer: int = -1
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP statistics
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.feature_layer == 0 or abs(self.feature_layer) > self.layers:
+            raise ValueError(f"feature_layer {self.feature_layer} is outside 1..{self.layers} (or -1..-{self.layers})")
+
+
+@dataclass(config=_strict)
+class ConnectorConfig:
+    """One block fully describes the connector: `{type: c-abstractor, tokens: 144}`."""
+
+    type: str = "c-abstractor"  # registry name: c-abstractor | avg-pool | attn-pool | mlp
+    tokens: int = 144  # output tokens per image view (ignored by mlp, which keeps every patch)
+    depth: int = 3  # c-abstractor: ResNet blocks before and after pooling; attn-pool: attention layers
+    mlp_depth: int = 2  # layers of the final projection into the LLM width
+    hidden_size: Optional[int] = None  # inner width; default: the encoder width
+
+
+@dataclass(config=_strict)
+class MoEConfig:
+    """Sparse FFNs in the LLM (GShard / ST-MoE style, as in MM1 / MM1.5)."""
+
+    experts: int = 64
+    top_k: int = 2
+    every: int = 2  # a sparse FFN replaces the dense one in every `every`-th layer
+    expert_intermediate_size: Optional[int] = None  # default: the dense intermediate size
+    balance_loss: float = 0.01
+    z_loss: float = 0.001
+
+
+@dataclass(config=_strict)
+class LLMConfig:
+    """A decoder LLM that `transformers` builds.  With `path`, weights and shape come from a local directory."""
+
+    type: str = "llama"  # registry name: llama | qwen2 | qwen3 | qwen3-moe | mixtral
+    path: Optional[str] = None
+    hidden_size: int = 2048
+    layers: int = 24
+    heads: int = 16
+    kv_heads: Optional[int] = None
+    intermediate_size: int = 5632
+    vocab_size: int = 32000  # replaced by the tokenizer's size at build time
+    max_positions: int = 4096
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    moe: Optional[MoEConfig] = None
+
+
+@dataclass(config=_strict)
+class ModelConfig:
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    connector: ConnectorConfig = dataclasses.field(default_factory=ConnectorConfig)
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+
+    def __post_init__(self):
+        # Validated here (not in ConnectorConfig) because the token grid depends on the encoder.
+        from mm1.model.connector import CONNECTORS
+
+        CONNECTORS.get(self.connector.type)  # raises with the registered names
+        if self.connector.type != "mlp" and math.isqrt(self.connector.tokens) ** 2 != self.connector.tokens:
+            raise ValueError(f"connector.tokens={self.connector.tokens} must be a square (e.g. 64, 144)")
+
+
+@dataclass(config=_strict)
+class ImageConfig:
+    """How the processor turns an image into encoder views."""
+
+    size: Optional[int] = None  # view resolution; default: the encoder's native image_size
+    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    resample: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"
+
+
+@dataclass(config=_strict)
+class TokenizerConfig:
+    """`path`: a local tokenizer directory; without it a small BPE is trained on the run's text."""
+
+    path: Optional[str] = None
+    vocab_size: int = 2048
+    chat_template: str = "chatml"  # file name in mm1/templates, or a path to a .jinja file
+
+
+@dataclass(config=_strict)
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+
+
+@dataclass(config=_strict)
+class StageConfig:
+    """One training stage.  MM1 pre-training trains every module; `trainable` makes freezing a choice."""
+
+    name: str = "pretrain"
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_multipliers: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {encoder: 0.1}
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # MM1: cosine decay to 10% of the peak
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    trainable: list[Literal["encoder", "connector", "llm"]] = dataclasses.field(
+        default_factory=lambda: ["encoder", "connector", "llm"]
+    )
+    bf16: bool = False
+
+    def __post_init__(self):
+        unknown = set(self.lr_multipliers) - {"encoder", "connector", "llm"}
+        if unknown:
+            raise ValueError(f"lr_multipliers has unknown modules {sorted(unknown)}; use encoder, connector, llm")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+
+
+@dataclass(config=_strict)
+class MM1Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    stages: list[StageConfig] = dataclasses.field(default_factory=lambda: [StageConfig()])
+    seed: int = 0
+    run_dir: str = "runs/default"
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "unexpected_keyword_argument" else e["msg"]
+        got = f" (got {e['input']!r})" if e["type"] not in ("unexpected_keyword_argument", "value_error") else ""
+        lines.append(f"  {key}: {msg}{got}")
+    return f"invalid config in {source}:\n" + "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        child = node.setdefault(part, {})
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parents[:i + 1])} is a value, not a section")
+        node = child
+    if isinstance(node, list):
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`key.sub=value` strings; values are parsed as YAML so `64`, `true`, `[a, b]` get their types."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        parsed.append((key.strip(), yaml.safe_load(raw)))
+    return parsed
+
+
+def config_from_dict(tree: dict, source: str = "<dict>", overrides: list[str] = ()) -> MM1Config:
+    tree = dict(tree or {})
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value)
+    try:
+        return TypeAdapter(MM1Config).validate_python(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> MM1Config:
+    """Load a YAML recipe (or the defaults when `path` is None) and apply overrides."""
+    tree: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(tree).__name__}")
+    return config_from_dict(tree, source, overrides)
+
+
+def to_dict(cfg: Any) -> dict:
+    return TypeAdapter(type(cfg)).dump_python(cfg, mode="json")
+
+
+def save_config(cfg: MM1Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
