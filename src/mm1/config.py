@@ -105,12 +105,32 @@ class ModelConfig:
 
 
 @dataclass(config=_strict)
+class SplitConfig:
+    """MM1.5 dynamic image splitting ("AnyRes", spec section 4).  Disabled: one view per image (MM1 static mode).
+
+    Defaults are the MM1.5 training recipe: 4..9 tiles, overview after the tiles, "(k,i,j)" index indicators.
+    """
+
+    enabled: bool = False
+    min_tiles: int = 4
+    max_tiles: int = 9  # MM1.5 raises this (e.g. 16) at inference; keep min_tiles as in training
+    overview: Literal["after", "before"] = "after"
+    indicators: Literal["index", "seps", "none"] = "index"
+    max_images: int = 2  # split only samples with at most this many images (MM1.5: fewer than 3)
+
+    def __post_init__(self):
+        if not 1 <= self.min_tiles <= self.max_tiles:
+            raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}..{self.max_tiles}")
+
+
+@dataclass(config=_strict)
 class ImageConfig:
     """How the processor turns an image into encoder views."""
 
     size: Optional[int] = None  # view resolution; default: the encoder's native image_size
     max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
     resample: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
 
 
 @dataclass(config=_strict)
@@ -134,6 +154,7 @@ class StageConfig:
     """One training stage.  MM1 pre-training trains every module; `trainable` makes freezing a choice."""
 
     name: str = "pretrain"
+    data: str = "synth-captions"  # registry name of the stage's data stream
     steps: int = 100
     batch_size: int = 8
     lr: float = 1e-4

@@ -1,0 +1,159 @@
+import pytest
+import torch
+
+from conftest import CONNECTORS, assistant, image, tiny_model, user
+from mm1 import load
+from mm1.data.processor import IGNORE_INDEX
+from mm1.model.connector import output_tokens
+from mm1.train.loop import train_step
+from mm1.train.optim import build_optimizer, set_trainable
+
+
+def chat_batch(model, n_images=1, answer="a red circle."):
+    enc = model.processor.encode_chat([user("what is it?", n_images), assistant(answer)], [image()] * n_images)
+    text = model.processor.encode_text("3 plus 4 is 7.")
+    return model.processor.collate([enc, text])
+
+
+@pytest.mark.parametrize("connector", CONNECTORS)
+@pytest.mark.parametrize("view_size", [32, 48, 16])  # native, and position-embedding interpolation up and down
+def test_token_counts_match_features(connector, view_size):
+    model = tiny_model(connector, image={"size": view_size}).eval()
+    grid = view_size // 8
+    expected = output_tokens(model.config.model.connector, grid)
+    assert expected == (grid * grid if connector == "mlp" else 4)
+    for width, height in [(40, 24), (24, 40), (32, 32), (1, 300)]:
+        assert model.processor.image_token_count(width, height) == expected
+        enc = model.processor.encode_chat([user("hi")], [image(width, height)])
+        assert sum(t == model.image_token_id for t in enc.input_ids) == expected
+        features = model.image_features(enc.pixel_values)
+        assert features.shape == (1, expected, model.llm.config.hidden_size)
+        model(**model.processor.collate([enc]))  # the scatter accepts exactly these features
+
+
+@pytest.mark.parametrize("connector,moe", [(c, False) for c in CONNECTORS] + [("c-abstractor", True)])
+def test_gradient_reaches_every_trainable_part(connector, moe):
+    model = tiny_model(connector, moe)
+    out = model(**chat_batch(model, n_images=2))
+    if moe:
+        assert out.balance_loss > 0 and out.z_loss > 0
+        assert torch.isclose(out.loss, out.lm_loss + 0.01 * out.balance_loss + 0.001 * out.z_loss)
+    out.loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_text_only_batch_trains_without_images():
+    model = tiny_model()
+    batch = model.processor.collate([model.processor.encode_text("a blue square."),
+                                     model.processor.encode_chat([{"role": "user", "content": "hi"}, assistant("ok")])])
+    assert "pixel_values" not in batch
+    optimizer = build_optimizer(model, model.config.stages[0])
+    encoder_before = [p.clone() for p in model.encoder.parameters()]
+    loss, _ = train_step(model, batch, optimizer, model.config.stages[0])
+    assert loss > 0
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
+
+
+def test_frozen_modules_stay_untouched():
+    model = tiny_model()
+    stage = model.config.stages[0]
+    stage.trainable = ["connector"]
+    set_trainable(model, stage)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, stage)
+    for _ in range(2):
+        train_step(model, chat_batch(model), optimizer, stage)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(n.startswith("connector.") for n in changed)
+
+
+def test_training_reduces_loss():
+    model = tiny_model()
+    stage = model.config.stages[0]
+    stage.lr = 3e-3
+    batch = chat_batch(model)
+    optimizer = build_optimizer(model, stage)
+    losses = [train_step(model, batch, optimizer, stage)[0] for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("connector,moe", [(c, False) for c in CONNECTORS] + [("c-abstractor", True)])
+def test_save_load_is_bit_exact(tmp_path, connector, moe):
+    model = tiny_model(connector, moe).eval()
+    model.save_pretrained(tmp_path / "m")
+    restored = load(tmp_path / "m")
+    batch = chat_batch(model)
+    assert torch.equal(model(**batch).logits, restored(**batch).logits)
+    assert restored.config == model.config
+    assert restored.processor.tokenizer.get_vocab() == model.processor.tokenizer.get_vocab()
+    assert not list(tmp_path.glob("m/*.bin")) and not list(tmp_path.glob("m/*.pt"))  # nothing pickled
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_kv_cache_generation_equals_recomputation(moe):
+    model = tiny_model(moe=moe, seed=3).eval()
+    p = model.processor
+    prompts = [p.encode_chat([user("what is it?", 2)], [image(), image(20, 50, (0, 0, 200))], add_generation_prompt=True),
+               p.encode_chat([user("colour?")], [image(64, 16)], add_generation_prompt=True),
+               p.encode_chat([{"role": "user", "content": "3 plus 4?"}], add_generation_prompt=True)]
+    batch = p.collate(prompts, padding_side="left")
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    cached = model.generate(*args, max_new_tokens=12, eos_token_id=-1)
+    full = model.generate(*args, max_new_tokens=12, eos_token_id=-1, use_cache=False)
+    assert cached.shape == (3, 12)
+    assert torch.equal(cached, full)
+    # Left padding does not change a prompt's continuation.
+    alone = p.collate(prompts[1:2], padding_side="left")
+    single = model.generate(alone["input_ids"], alone["attention_mask"], alone["pixel_values"],
+                            max_new_tokens=12, eos_token_id=-1)
+    assert torch.equal(single[0], cached[1])
+
+
+def test_sampling_is_seeded():
+    model = tiny_model().eval()
+    batch = model.processor.collate([model.processor.encode_chat([user("hi")], [image()], add_generation_prompt=True)])
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    runs = [model.generate(*args, max_new_tokens=8, temperature=1.0, top_p=0.9, eos_token_id=-1,
+                           generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_image_token_feature_mismatch_raises_with_counts(model):
+    batch = chat_batch(model)
+    ids = batch["input_ids"].clone()
+    first = (ids == model.image_token_id).nonzero()[0]
+    ids[first[0], first[1]] = 0
+    with pytest.raises(ValueError, match=r"the text has 3 image tokens but the 1 image views give 4 features"):
+        model(ids, batch["pixel_values"], batch["attention_mask"])
+    with pytest.raises(ValueError, match="4 image tokens but no images"):
+        model(batch["input_ids"], None, batch["attention_mask"])
+    with pytest.raises(ValueError, match=r"1 <image> markers but 2 images"):
+        model.processor.encode_chat([user("hi")], [image(), image()])
+
+
+def test_labels_cover_exactly_the_assistant_turns(model):
+    p = model.processor
+    messages = [user("what is it?"), assistant("a red circle."), {"role": "user", "content": "and?"},
+                assistant("3 plus 4 is 7.")]
+    enc = p.encode_chat(messages, [image()])
+    targets = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert p.tokenizer.decode(targets) == "a red circle.<|im_end|>3 plus 4 is 7.<|im_end|>"
+    # Every labelled position carries its own token id, and image tokens are never targets.
+    assert all(label in (IGNORE_INDEX, tok) for tok, label in zip(enc.input_ids, enc.labels))
+    assert all(label == IGNORE_INDEX for tok, label in zip(enc.input_ids, enc.labels) if tok == model.image_token_id)
+
+
+@pytest.mark.parametrize("connector,moe", [(c, False) for c in CONNECTORS] + [("attn-pool", True)])
+def test_build_train_save_load_generate(tmp_path, connector, moe):
+    model = tiny_model(connector, moe)
+    stage = model.config.stages[0]
+    optimizer = build_optimizer(model, stage)
+    before = model.llm.lm_head.weight.clone()
+    train_step(model, chat_batch(model), optimizer, stage)
+    assert not torch.equal(before, model.llm.lm_head.weight)
+    model.eval().save_pretrained(tmp_path / "m")
+    restored = load(tmp_path / "m")
+    reply = restored.chat([user("what is it?")], [image()], max_new_tokens=5)
+    assert reply == model.chat([user("what is it?")], [image()], max_new_tokens=5)
+    assert isinstance(reply, str)
