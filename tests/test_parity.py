@@ -349,3 +349,13 @@ def test_mm1_mlp_connector_matches_llava(attn):
     # The images matter: other pixels change both models' logits at the image and later positions.
     other = model(ids, pixel_values=torch.randn_like(pixels), attention_mask=mask).logits
     assert (other - ours.logits).abs().max() > 1e-2
+
+
+def test_moe_block_must_agree_with_checkpoint(llm_dirs):
+    path = str(llm_dirs["qwen3-moe"])
+    from mm1.config import MoEConfig
+    from mm1.model.llm import hf_llm_config
+
+    assert hf_llm_config(LLMConfig(type="qwen3-moe", path=path, moe=MoEConfig(z_loss=0.01)), VOCAB).num_experts == 4
+    with pytest.raises(ValueError, match="llm.moe.experts=8 contradicts"):
+        hf_llm_config(LLMConfig(type="qwen3-moe", path=path, moe=MoEConfig(experts=8)), VOCAB)

@@ -63,10 +63,12 @@ class ConnectorConfig:
 class MoEConfig:
     """Sparse FFNs in the LLM (GShard / ST-MoE style, as in MM1 / MM1.5)."""
 
-    experts: int = 64
-    top_k: int = 2
-    every: int = 2  # a sparse FFN replaces the dense one in every `every`-th layer
-    expert_intermediate_size: Optional[int] = None  # default: the dense intermediate size
+    # Layout; None takes the checkpoint's value with llm.path, else the MM1 default (64 experts, top-2, every 2nd
+    # layer, experts as wide as the dense FFN).
+    experts: Optional[int] = None
+    top_k: Optional[int] = None
+    every: Optional[int] = None  # a sparse FFN replaces the dense one in every `every`-th layer
+    expert_intermediate_size: Optional[int] = None
     balance_loss: float = 0.01
     z_loss: float = 0.001
 

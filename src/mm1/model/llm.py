@@ -46,6 +46,13 @@ def hf_llm_config(cfg: LLMConfig, vocab_size: int) -> PretrainedConfig:
         if hf.model_type != family.model_type:
             raise ValueError(f"llm.type={cfg.type!r} expects model_type {family.model_type!r}, "
                              f"but {cfg.path}/config.json says {hf.model_type!r}")
+        if cfg.moe is not None and family.moe_fields:
+            # The checkpoint fixes the expert layout; the block may only restate it (and set loss weights).
+            for ours, hf_name in family.moe_fields.items():
+                value = getattr(cfg.moe, ours)
+                if value is not None and value != getattr(hf, hf_name):
+                    raise ValueError(f"llm.moe.{ours}={value} contradicts {cfg.path}/config.json "
+                                     f"{hf_name}={getattr(hf, hf_name)}")
         return hf
     if cfg.moe is not None and family.moe_fields is None:
         raise ValueError(f"llm.type={cfg.type!r} is dense; use qwen3-moe or mixtral for llm.moe")
@@ -67,9 +74,10 @@ def hf_llm_config(cfg: LLMConfig, vocab_size: int) -> PretrainedConfig:
     )
     if cfg.moe is not None:
         moe = cfg.moe
-        if "every" not in family.moe_fields and moe.every != 1:
+        every = moe.every if moe.every is not None else (2 if "every" in family.moe_fields else 1)
+        if "every" not in family.moe_fields and every != 1:
             raise ValueError(f"llm.type={cfg.type!r} puts experts in every layer; set llm.moe.every=1")
-        values = {"experts": moe.experts, "top_k": moe.top_k, "every": moe.every,
+        values = {"experts": moe.experts or 64, "top_k": moe.top_k or 2, "every": every,
                   "expert_intermediate_size": moe.expert_intermediate_size or cfg.intermediate_size}
         fields.update({hf_name: values[ours] for ours, hf_name in family.moe_fields.items()})
         # Balance and z-loss are added by MM1Model with the recipe's weights, not inside transformers.
