@@ -152,13 +152,31 @@ class GenerationConfig:
 
 
 @dataclass(config=_strict)
+class SourceConfig:
+    """One data source of a stage's mixture: `{name: captions, format: webdataset, path: data/captions, weight: 45}`."""
+
+    name: str
+    format: str  # registry name: webdataset | interleaved | text | llava
+    path: str
+    weight: float = 1.0  # relative share of the samples drawn (MM1: captions 45, interleaved 45, text 10)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # reader options, e.g. {category: math}
+
+    def __post_init__(self):
+        if self.weight <= 0:
+            raise ValueError(f"source {self.name}: weight must be positive, got {self.weight}")
+
+
+@dataclass(config=_strict)
 class StageConfig:
     """One training stage.  MM1 pre-training trains every module; `trainable` makes freezing a choice."""
 
     name: str = "pretrain"
-    data: str = "synth-captions"  # registry name of the stage's data stream
+    data: list[SourceConfig] = dataclasses.field(default_factory=list)
     steps: int = 100
-    batch_size: int = 8
+    batch_size: int = 8  # sequences per step (packed sequences of seq_len tokens when packing)
+    seq_len: int = 2048
+    packing: bool = True  # several samples per sequence, attention kept within each sample
+    max_images_per_sequence: int = 16  # MM1 pre-training
     lr: float = 1e-4
     lr_multipliers: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {encoder: 0.1}
     warmup_steps: int = 10

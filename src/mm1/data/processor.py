@@ -27,6 +27,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     pixel_values: torch.Tensor | None  # (views, 3, S, S) for all images of the sample, in order
+    num_images: int = 0
 
 
 class Processor:
@@ -56,7 +57,7 @@ class Processor:
             out_mask.append(target_chars[pos:pos + len(piece)])
             pos += len(piece) + len(IMAGE_TOKEN)
             if i < len(images):
-                views: ImageViews = self.views(self.load_image(images[i]), len(images))
+                views: ImageViews = self.views(self.load_image(images[i]), len(images), i)
                 placeholder = "".join(marker + IMAGE_TOKEN * self.tokens_per_view for marker in views.layout)
                 out_text.append(placeholder)
                 out_mask.append(np.zeros(len(placeholder), dtype=bool))
@@ -74,7 +75,7 @@ class Processor:
         found = sum(tok == self.image_token_id for tok in ids)
         if found != expected:
             raise ValueError(f"tokenised text holds {found} image tokens but its images need {expected}")
-        return Encoded(ids, labels, pixel_values)
+        return Encoded(ids, labels, pixel_values, len(images))
 
     def encode_chat(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (),
                     add_generation_prompt: bool = False) -> Encoded:

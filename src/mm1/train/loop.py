@@ -40,7 +40,9 @@ def train_step(model: MM1Model, batch: dict, optimizer, stage: StageConfig) -> t
         raise NonFiniteLossError(f"stage {stage.name}: gradient norm is {grad_norm.item()}; stopping")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item(), int(batch["attention_mask"].sum())
+    # Padded batches count their real tokens; packed ones count every slot (their efficiency is logged apart).
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    return loss.item(), tokens
 
 
 def train_stage(model: MM1Model, stage: StageConfig, batches: Iterator[dict],

@@ -1,0 +1,334 @@
+"""Streaming readers for the formats real users have.  Each yields `Record`s without decoding images.
+
+| format        | files                                                    | record                               |
+|---------------|----------------------------------------------------------|--------------------------------------|
+| `webdataset`  | img2dataset tar shards (`KEY.jpg|png`, `KEY.txt`, `KEY.json`), local or any URL webdataset opens | caption document |
+| `interleaved` | OBELICS-style `.parquet` / `.jsonl` rows with parallel `texts` / `images` lists | interleaved document |
+| `text`        | `.jsonl` (`text` field), `.txt` (one document per line), `.parquet` (`text` column) | text-only document |
+| `llava`       | LLaVA `.json` list or `.jsonl` (`image` / `images` / `video`, `conversations`) | chat |
+
+Records are sharded across distributed ranks and data-loader workers by index (record i goes to slot
+i mod (ranks x workers)), so every record is read exactly once per pass.  A bad record is skipped and counted
+with its file, record and reason in `SkipStats`; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from mm1.data.tokenizer import IMAGE_TOKEN
+from mm1.registry import Registry
+
+log = logging.getLogger(__name__)
+
+VIDEO_TOKEN = "<video>"
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+
+
+class BadRecord(ValueError):
+    """A record that cannot be used; the message is the reason."""
+
+
+@dataclass
+class Record:
+    source: str  # file or URL
+    key: str  # record id within the source (line, row, tar key)
+    text: str | None = None  # a document with <image> markers (pre-training)
+    messages: list[dict] | None = None  # a conversation (SFT); content strings may hold <image> markers
+    images: list[Any] = field(default_factory=list)  # bytes or paths, in marker order
+    category: str | None = None
+
+
+@dataclass
+class SkipStats:
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    read: int = 0
+
+    def skip(self, reason: str, where: str) -> None:
+        self.counts[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < 5:
+            shown.append(where)
+            log.warning("skipped %s: %s", where, reason)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    def report(self) -> str:
+        lines = [f"{self.read} records read, {self.skipped} skipped"]
+        for reason, n in self.counts.most_common():
+            lines.append(f"  {n:>6} × {reason}  (e.g. {', '.join(self.examples[reason][:3])})")
+        return "\n".join(lines)
+
+
+def shard_slot() -> tuple[int, int]:
+    """(this reader's slot, number of slots) over distributed ranks x data-loader workers."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+class Reader(torch.utils.data.IterableDataset):
+    """Base: subclasses list raw items cheaply (`raw`) and validate one into a Record (`parse`)."""
+
+    def __init__(self, path: str, stats: SkipStats | None = None, **options):
+        super().__init__()
+        self.path = path
+        self.stats = stats if stats is not None else SkipStats()
+        self.options = options
+
+    def raw(self) -> Iterator[tuple[str, str, Any]]:  # (source, key, item)
+        raise NotImplementedError
+
+    def parse(self, source: str, key: str, item: Any) -> Record:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Record]:
+        slot, slots = shard_slot()
+        for index, (source, key, item) in enumerate(self.raw()):
+            if index % slots != slot:
+                continue
+            self.stats.read += 1
+            try:
+                yield self.parse(source, key, item)
+            except BadRecord as err:
+                self.stats.skip(str(err), f"{source} record {key}")
+
+
+READERS: Registry[type[Reader]] = Registry("data format")
+
+
+def files(path: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """A file, or the matching files of a directory in sorted order."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(f for f in p.iterdir() if f.suffix.lstrip(".") in suffixes)
+        if not found:
+            raise FileNotFoundError(f"{p} holds no {'/'.join(suffixes)} files")
+        return found
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    return [p]
+
+
+def need_text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadRecord(f"{what} is {type(value).__name__}, not text")
+    if not value.strip():
+        raise BadRecord(f"{what} is empty")
+    return value
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield str(number), json.loads(line)
+            except json.JSONDecodeError as err:
+                yield str(number), BadRecord(f"invalid JSON ({err.msg})")
+
+
+def read_parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=columns):
+        for row in batch.to_pylist():
+            yield str(index), row
+            index += 1
+
+
+def resolve_image(ref: Any, base: Path) -> Any:
+    """Bytes stay bytes; `shard.tar#member` reads a member of a tar; other strings are paths relative to `base`."""
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    if not isinstance(ref, str) or not ref:
+        raise BadRecord(f"image reference is {type(ref).__name__}, not bytes or a path")
+    shard, sep, member = ref.partition("#")
+    if sep and shard.endswith(".tar"):
+        try:
+            with tarfile.open(base / shard) as tar:
+                return tar.extractfile(member).read()
+        except (OSError, KeyError, AttributeError, tarfile.TarError) as err:
+            raise BadRecord(f"image {ref} cannot be read from its shard ({err})") from None
+    path = base / ref
+    if not path.exists():  # a folder is fine: a video's frames
+        raise BadRecord(f"image {path} does not exist")
+    return path
+
+
+@READERS.register("webdataset")
+class WebDatasetReader(Reader):
+    """Image-text pairs from tar shards; `path` is a shard, a folder of shards or a brace-expanded URL pattern."""
+
+    def raw(self):
+        import webdataset as wds
+
+        if Path(self.path).exists():
+            urls = [str(f) for f in files(self.path, ("tar",))]
+        else:
+            urls = wds.shardlists.expand_urls(self.path)
+        for sample in wds.tarfile_samples([{"url": u} for u in urls]):
+            yield sample["__url__"], sample["__key__"], sample
+
+    def parse(self, source, key, sample):
+        image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
+        if image is None:
+            raise BadRecord("no image member (jpg/png/webp)")
+        if "txt" not in sample:
+            raise BadRecord("no txt member")
+        try:
+            caption = sample["txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRecord("txt member is not UTF-8") from None
+        return Record(source, key, text=IMAGE_TOKEN + need_text(caption, "caption").strip(), images=[image])
+
+
+@READERS.register("interleaved")
+class InterleavedReader(Reader):
+    """OBELICS-style rows: `texts[i]` xor `images[i]` at each position; images as bytes, paths or tar members."""
+
+    def raw(self):
+        for path in files(self.path, ("parquet", "jsonl")):
+            rows = read_parquet_rows(path, ["texts", "images"]) if path.suffix == ".parquet" else read_json_lines(path)
+            for key, row in rows:
+                yield str(path), key, (path.parent, row)
+
+    def parse(self, source, key, item):
+        base, row = item
+        if isinstance(row, BadRecord):
+            raise row
+        texts, images = row.get("texts"), row.get("images")
+        if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
+            raise BadRecord("texts and images must be lists of the same length")
+        pieces, refs = [], []
+        for position, (text, image) in enumerate(zip(texts, images)):
+            if (text is None) == (image is None):
+                raise BadRecord(f"position {position} must hold exactly one of text and image")
+            if image is not None:
+                refs.append(resolve_image(image, base))
+                pieces.append(IMAGE_TOKEN)
+            else:
+                pieces.append(need_text(text, f"texts[{position}]").strip() + "\n")
+        if not refs:
+            raise BadRecord("document has no image")
+        return Record(source, key, text="".join(pieces).rstrip("\n"), images=refs)
+
+
+@READERS.register("text")
+class TextReader(Reader):
+    def raw(self):
+        for path in files(self.path, ("jsonl", "txt", "parquet")):
+            if path.suffix == ".txt":
+                with open(path, encoding="utf-8") as f:
+                    rows = ((str(n), {"text": line.rstrip("\n")}) for n, line in enumerate(f, 1) if line.strip())
+                    yield from ((str(path), key, row) for key, row in rows)
+                continue
+            rows = read_parquet_rows(path, ["text"]) if path.suffix == ".parquet" else read_json_lines(path)
+            yield from ((str(path), key, row) for key, row in rows)
+
+    def parse(self, source, key, row):
+        if isinstance(row, BadRecord):
+            raise row
+        if not isinstance(row, dict) or "text" not in row:
+            raise BadRecord("no text field")
+        return Record(source, key, text=need_text(row["text"], "text").strip())
+
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@READERS.register("llava")
+class LlavaReader(Reader):
+    """LLaVA conversations.  A `video` (frame folder, GIF or video file) becomes `video_frames` images that
+    replace the single `<video>` marker.  Options: `category` keeps only records of that category."""
+
+    def raw(self):
+        for path in files(self.path, ("json", "jsonl")):
+            if path.suffix == ".jsonl":
+                rows = read_json_lines(path)
+            else:
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} is not valid JSON: {err}") from None
+                if not isinstance(data, list):
+                    raise ValueError(f"{path}: a LLaVA file holds a JSON list of records")
+                rows = ((str(row.get("id", i)) if isinstance(row, dict) else str(i), row) for i, row in enumerate(data))
+            wanted = self.options.get("category")
+            for key, row in rows:
+                if wanted is None or (isinstance(row, dict) and row.get("category") == wanted):
+                    yield str(path), key, (path.parent, row)
+
+    def parse(self, source, key, item):
+        base, row = item
+        if isinstance(row, BadRecord):
+            raise row
+        if not isinstance(row, dict):
+            raise BadRecord(f"record is {type(row).__name__}, not an object")
+        turns = row.get("conversations")
+        if not isinstance(turns, list) or not turns:
+            raise BadRecord("conversations is missing or empty")
+        messages = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict) or turn.get("from") not in ROLES:
+                raise BadRecord(f"conversations[{i}] has no known 'from' (human/gpt/system)")
+            messages.append({"role": ROLES[turn["from"]], "content": need_text(turn.get("value"), f"conversations[{i}].value")})
+        if not any(m["role"] == "assistant" for m in messages):
+            raise BadRecord("conversation has no assistant turn")
+        images = self.images(row, base, messages)
+        markers = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
+        if markers != len(images):
+            raise BadRecord(f"{markers} {IMAGE_TOKEN} markers but {len(images)} images")
+        return Record(source, key, messages=messages, images=images, category=row.get("category"))
+
+    def images(self, row: dict, base: Path, messages: list[dict]) -> list[Any]:
+        if "video" in row:
+            from mm1.data.image import sample_frames
+
+            frames_wanted = self.options.get("video_frames", 24)
+            try:
+                frames = sample_frames(resolve_image(row["video"], base), frames_wanted)
+            except ValueError as err:
+                raise BadRecord(f"video {row['video']}: {err}") from None
+            if sum(m["content"].count(VIDEO_TOKEN) for m in messages) != 1:
+                raise BadRecord(f"a video record needs exactly one {VIDEO_TOKEN} marker")
+            for m in messages:
+                m["content"] = m["content"].replace(VIDEO_TOKEN, IMAGE_TOKEN * len(frames))
+            return frames
+        refs = row.get("images", [row["image"]] if "image" in row else [])
+        if not isinstance(refs, list):
+            raise BadRecord("images is not a list")
+        return [resolve_image(ref, base) for ref in refs]
+
+
+def open_reader(fmt: str, path: str, stats: SkipStats | None = None, **options) -> Reader:
+    return READERS.get(fmt)(path, stats, **options)
+
+
+def validate(fmt: str, path: str, decode: Callable[[Any], Any], **options) -> SkipStats:
+    """Read every record and decode every image; returns the counts (`mm1 data validate`)."""
+    stats = SkipStats()
+    for record in open_reader(fmt, path, stats, **options):
+        for image in record.images:
+            try:
+                decode(image)
+            except ValueError as err:
+                stats.skip(f"image: {err}", f"{record.source} record {record.key}")
+                break
+    return stats
