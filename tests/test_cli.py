@@ -18,3 +18,19 @@ def test_config_error_exits_2_with_message(capsys):
 def test_config_prints_resolved_overrides(capsys):
     assert main(["config", "recipes/tiny.yaml", "--set", "model.connector.type=avg-pool"]) == 0
     assert "type: avg-pool" in capsys.readouterr().out
+
+
+def test_inspect_image_writes_png_and_budget(tmp_path, capsys):
+    from pathlib import Path
+
+    import skimage
+    from PIL import Image
+
+    page = Path(skimage.__file__).parent / "data" / "page.png"  # 384x191, text-rich
+    out = tmp_path / "inspect.png"
+    assert main(["inspect-image", str(page), "--config", "recipes/tiny.yaml", "--set", "image.split.enabled=true",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # 4..9 tiles: a 2x4 grid holds the 2:1 page with the least padding, plus the overview = 9 views x 16 tokens.
+    assert "grid [2, 4], 9 views x 16 tokens = 144 image tokens" in printed
+    assert Image.open(out).size[0] > 600

@@ -26,6 +26,16 @@ def cmd_demo(args) -> None:
     run_demo(load_config(args.recipe, args.overrides), eval_samples=args.eval_samples)
 
 
+def cmd_inspect_image(args) -> None:
+    from mm1.data.inspect import inspect_image
+
+    info = inspect_image(args.image, load_config(args.config, args.overrides), args.out, args.images_in_sample)
+    print(f"{args.image}: {info['size'][0]}x{info['size'][1]} px, grid {info['grid'] or 'none (single view)'}, "
+          f"{info['views']} views x {info['tokens_per_view']} tokens = {info['total_tokens']} image tokens")
+    print(f"layout: {info['layout']}")
+    print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mm1", description="MM1 / MM1.5 multimodal LLMs end to end")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--eval-samples", type=int, default=64, help="held-out questions per task")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("inspect-image", help="show the grid, tiles and overview an image becomes, and its tokens")
+    p.add_argument("image")
+    p.add_argument("--config", default=None, help="YAML recipe whose model and image settings to use")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--images-in-sample", type=int, default=1, help="splitting is off for samples with many images")
+    p.add_argument("--out", default="inspect.png", help="PNG to write")
+    p.set_defaults(func=cmd_inspect_image)
     return parser
 
 
