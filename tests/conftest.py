@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import io
+import tarfile
 
 import pytest
 import torch
@@ -57,3 +59,17 @@ def assistant(text: str) -> dict:
 @pytest.fixture(scope="session")
 def model() -> MM1Model:
     return tiny_model().eval()
+
+
+def png(colour=(200, 0, 0), size=(20, 12)) -> bytes:
+    buf = io.BytesIO()
+    image(*size, colour=colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_shard(path, items):
+    with tarfile.open(path, "w") as tar:
+        for name, data in items:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

@@ -1,8 +1,6 @@
 """Readers, mixtures and packing on small files written here in the real formats."""
 
-import io
 import json
-import tarfile
 from collections import Counter
 
 import pyarrow as pa
@@ -11,25 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import image, tiny_model
+from conftest import image, png, tiny_model, write_shard
 from mm1.config import SourceConfig, StageConfig
 from mm1.data.mixture import Mixture, StageData, encode_record
 from mm1.data.packing import Packer, fit
 from mm1.data.readers import SkipStats, open_reader, validate
-
-
-def png(colour=(200, 0, 0), size=(20, 12)) -> bytes:
-    buf = io.BytesIO()
-    image(*size, colour=colour).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def write_shard(path, items):
-    with tarfile.open(path, "w") as tar:
-        for name, data in items:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from conftest import CONNECTORS, assistant, image, tiny_model, user
 from mm1 import load
 from mm1.data.processor import IGNORE_INDEX
 from mm1.model.connector import output_tokens
-from mm1.train.loop import train_step
+from mm1.train.trainer import optimizer_step
 from mm1.train.optim import build_optimizer, set_trainable
 
 
@@ -50,8 +50,7 @@ def test_text_only_batch_trains_without_images():
     assert "pixel_values" not in batch
     optimizer = build_optimizer(model, model.config.stages[0])
     encoder_before = [p.clone() for p in model.encoder.parameters()]
-    loss, _ = train_step(model, batch, optimizer, model.config.stages[0])
-    assert loss > 0
+    assert optimizer_step(model, [batch], optimizer, model.config.stages[0]).loss > 0
     assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
 
 
@@ -63,7 +62,7 @@ def test_frozen_modules_stay_untouched():
     before = {n: p.clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(model, stage)
     for _ in range(2):
-        train_step(model, chat_batch(model), optimizer, stage)
+        optimizer_step(model, [chat_batch(model)], optimizer, stage)
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all(n.startswith("connector.") for n in changed)
 
@@ -74,7 +73,7 @@ def test_training_reduces_loss():
     stage.lr = 3e-3
     batch = chat_batch(model)
     optimizer = build_optimizer(model, stage)
-    losses = [train_step(model, batch, optimizer, stage)[0] for _ in range(30)]
+    losses = [optimizer_step(model, [batch], optimizer, stage).loss for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -150,7 +149,7 @@ def test_build_train_save_load_generate(tmp_path, connector, moe):
     stage = model.config.stages[0]
     optimizer = build_optimizer(model, stage)
     before = model.llm.lm_head.weight.clone()
-    train_step(model, chat_batch(model), optimizer, stage)
+    optimizer_step(model, [chat_batch(model)], optimizer, stage)
     assert not torch.equal(before, model.llm.lm_head.weight)
     model.eval().save_pretrained(tmp_path / "m")
     restored = load(tmp_path / "m")

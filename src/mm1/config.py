@@ -186,7 +186,18 @@ class StageConfig:
     trainable: list[Literal["encoder", "connector", "llm"]] = dataclasses.field(
         default_factory=lambda: ["encoder", "connector", "llm"]
     )
-    bf16: bool = False
+    optimizer: Literal["adamw", "adafactor"] = "adamw"  # MM1.5 used AdaFactor (torch.optim.Adafactor here)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    epochs: Optional[float] = None  # if set, the stage ends after this many passes over its records, not `steps`
+    bf16: bool = False  # autocast to bfloat16 (CPU and GPU)
+    activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the LLM
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient stops the run, or skips the step
+    image: Optional[ImageConfig] = None  # the stage's image settings (e.g. high-res splitting); default: top level
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    eval_every: int = 0  # 0: only at the end of the stage (when evaluation is configured)
 
     def __post_init__(self):
         unknown = set(self.lr_multipliers) - {"encoder", "connector", "llm"}
@@ -194,6 +205,34 @@ class StageConfig:
             raise ValueError(f"lr_multipliers has unknown modules {sorted(unknown)}; use encoder, connector, llm")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+        if not self.trainable:
+            raise ValueError(f"stage {self.name} trains nothing: trainable is empty")
+
+
+@dataclass(config=_strict)
+class DistributedConfig:
+    """How `mm1 train` uses several processes (launched by torchrun); ignored in a single process."""
+
+    strategy: Literal["ddp", "fsdp2"] = "fsdp2"
+    backend: Optional[str] = None  # default: nccl on GPU, gloo on CPU
+
+
+@dataclass(config=_strict)
+class EvalConfig:
+    """Benchmarks for `mm1 eval` and in-training evaluation: `mm1.eval.evaluate(model, **to_dict(cfg.eval))`."""
+
+    tasks: list[str] = dataclasses.field(default_factory=list)  # built-in task names or task YAML paths
+    shots: list[int] = dataclasses.field(default_factory=lambda: [0])
+    mode: Literal["auto", "base", "chat"] = "auto"  # auto: few-shot -> base, 0-shot -> chat (mm1.eval.fewshot)
+    limit: Optional[int] = None  # the first N samples of each task
+    batch_size: int = 8
+    seed: int = 0  # few-shot support sampling
+    data_root: Optional[str] = None  # relative task data paths resolve here
+
+    def __post_init__(self):
+        if any(k < 0 for k in self.shots) or (self.limit is not None and self.limit < 1) or self.batch_size < 1:
+            raise ValueError(f"need shots >= 0, limit >= 1, batch_size >= 1; got shots={self.shots}, "
+                             f"limit={self.limit}, batch_size={self.batch_size}")
 
 
 @dataclass(config=_strict)
@@ -202,9 +241,17 @@ class MM1Config:
     image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     stages: list[StageConfig] = dataclasses.field(default_factory=lambda: [StageConfig()])
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    tensorboard: bool = False
     seed: int = 0
     run_dir: str = "runs/default"
+
+    def __post_init__(self):
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

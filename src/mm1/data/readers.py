@@ -84,10 +84,11 @@ def shard_slot() -> tuple[int, int]:
 class Reader(torch.utils.data.IterableDataset):
     """Base: subclasses list raw items cheaply (`raw`) and validate one into a Record (`parse`)."""
 
-    def __init__(self, path: str, stats: SkipStats | None = None, **options):
+    def __init__(self, path: str, stats: SkipStats | None = None, sharded: bool = True, **options):
         super().__init__()
         self.path = path
         self.stats = stats if stats is not None else SkipStats()
+        self.sharded = sharded  # False: every record on every rank (e.g. to train a tokenizer or count records)
         self.options = options
 
     def raw(self) -> Iterator[tuple[str, str, Any]]:  # (source, key, item)
@@ -97,7 +98,7 @@ class Reader(torch.utils.data.IterableDataset):
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Record]:
-        slot, slots = shard_slot()
+        slot, slots = shard_slot() if self.sharded else (0, 1)
         for index, (source, key, item) in enumerate(self.raw()):
             if index % slots != slot:
                 continue
@@ -317,8 +318,8 @@ class LlavaReader(Reader):
         return [resolve_image(ref, base) for ref in refs]
 
 
-def open_reader(fmt: str, path: str, stats: SkipStats | None = None, **options) -> Reader:
-    return READERS.get(fmt)(path, stats, **options)
+def open_reader(fmt: str, path: str, stats: SkipStats | None = None, sharded: bool = True, **options) -> Reader:
+    return READERS.get(fmt)(path, stats, sharded, **options)
 
 
 def validate(fmt: str, path: str, decode: Callable[[Any], Any], **options) -> SkipStats:

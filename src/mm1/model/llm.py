@@ -117,5 +117,12 @@ def moe_aux_losses(router_logits: tuple[torch.Tensor, ...], num_experts: int, to
     return balance, z_loss
 
 
+@torch.no_grad()
+def expert_load(router_logits: tuple[torch.Tensor, ...], num_experts: int, top_k: int) -> torch.Tensor:
+    """Share of top-k assignments each expert receives, averaged over sparse layers (1/num_experts if balanced)."""
+    chosen = torch.cat([logits.topk(top_k, dim=-1).indices.flatten() for logits in router_logits])
+    return torch.bincount(chosen, minlength=num_experts).float() / chosen.numel()
+
+
 def moe_weights(moe: MoEConfig | None) -> tuple[float, float]:
     return (moe.balance_loss, moe.z_loss) if moe is not None else (0.01, 0.001)

@@ -7,6 +7,7 @@ embeddings per view, one masked scatter puts them in place, and the LLM predicts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from mm1.data.processor import IGNORE_INDEX, Processor
 from mm1.data.tokenizer import IMAGE_TOKEN
 from mm1.model.connector import build_connector, output_tokens
 from mm1.model.encoder import ENCODERS, ImageEncoder
-from mm1.model.llm import build_llm, moe_aux_losses, moe_weights, num_experts
+from mm1.model.llm import build_llm, expert_load, moe_aux_losses, moe_weights, num_experts
 
 WEIGHTS, CONFIG, HF_CONFIGS = "model.safetensors", "config.yaml", "hf_configs.json"
 
@@ -36,6 +37,7 @@ class MM1Output:
     balance_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
     past_key_values: object | None = None
+    expert_load: torch.Tensor | None = None  # MoE: share of routed tokens per expert, averaged over sparse layers
 
 
 class MM1Model(nn.Module):
@@ -68,13 +70,17 @@ class MM1Model(nn.Module):
             raise ValueError(f"connector produced {tokens.shape[1]} tokens per view, its rule says {expected}")
         return tokens
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, run_vision: bool = False) -> torch.Tensor:
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.image_token_id
         n_slots = int(slots.sum())
         if pixel_values is None or pixel_values.shape[0] == 0:
             if n_slots:
                 raise ValueError(f"input has {n_slots} image tokens but no images (pixel_values is empty)")
+            if run_vision:  # a blank view, times zero: same modules in the same order as a batch with images
+                size = self.processor.views.size
+                blank = torch.zeros(1, 3, size, size, device=embeds.device, dtype=embeds.dtype)
+                embeds = embeds + 0.0 * self.image_features(blank).sum()
             return embeds
         features = self.image_features(pixel_values.to(embeds.dtype)).flatten(0, 1)
         if features.shape[0] != n_slots:
@@ -88,12 +94,16 @@ class MM1Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
-                num_target_tokens: int | None = None) -> MM1Output:
+                num_target_tokens: float | None = None, run_vision: bool = False) -> MM1Output:
         """`num_target_tokens` normalises the summed loss (e.g. over all micro-batches of a step or all ranks);
-        by default the loss is the mean over this batch's target tokens."""
+        by default the loss is the mean over this batch's target tokens.
+
+        `run_vision` runs encoder and connector on one blank view when the batch has no image and adds its output
+        times zero to the loss: under DDP and FSDP2 every rank must run the same modules in every step, or a
+        text-only batch on one rank would leave the others waiting for its gradient collectives."""
         extra = {"output_router_logits": True} if self.num_experts and labels is not None else {}
         out = self.llm(
-            inputs_embeds=self.embed(input_ids, pixel_values), attention_mask=attention_mask,
+            inputs_embeds=self.embed(input_ids, pixel_values, run_vision), attention_mask=attention_mask,
             position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **extra,
         )
         if labels is None:
@@ -110,7 +120,14 @@ class MM1Model(nn.Module):
             balance, z = moe_aux_losses(out.router_logits, self.num_experts, top_k, token_mask)
             w_balance, w_z = moe_weights(self.config.model.llm.moe)
             loss = lm_loss + w_balance * balance + w_z * z
-        return MM1Output(loss, out.logits, lm_loss, balance, z, out.past_key_values)
+        return MM1Output(loss, out.logits, lm_loss, balance, z, out.past_key_values,
+                         expert_load(out.router_logits, self.num_experts, self.llm.config.num_experts_per_tok)
+                         if extra else None)
+
+    def set_image_config(self, image_cfg) -> None:
+        """Switch how images become views (e.g. high-resolution splitting for continual pre-training)."""
+        self.config = dataclasses.replace(self.config, image=image_cfg)
+        self.processor = Processor(self.processor.tokenizer, self.config.model, image_cfg)
 
     # ---- generation ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -170,9 +187,12 @@ class MM1Model(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         save_model(self, str(path / WEIGHTS))
         save_config(self.config, path / CONFIG)
-        hf = {"encoder": self.encoder.hf_config.to_dict(), "llm": self.llm.config.to_dict()}
-        (path / HF_CONFIGS).write_text(json.dumps(hf, indent=1, default=str))
+        (path / HF_CONFIGS).write_text(json.dumps(self.hf_configs(), indent=1, default=str))
         self.processor.tokenizer.save_pretrained(path)
+
+    def hf_configs(self) -> dict:
+        """The `transformers` configs that rebuild encoder and LLM without their source directories."""
+        return {"encoder": self.encoder.hf_config.to_dict(), "llm": self.llm.config.to_dict()}
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MM1Model":
