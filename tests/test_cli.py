@@ -34,3 +34,16 @@ def test_inspect_image_writes_png_and_budget(tmp_path, capsys):
     # 4..9 tiles: a 2x4 grid holds the 2:1 page with the least padding, plus the overview = 9 views x 16 tokens.
     assert "grid [2, 4], 9 views x 16 tokens = 144 image tokens" in printed
     assert Image.open(out).size[0] > 600
+
+
+def test_data_validate_counts_and_names_bad_records(tmp_path, capsys):
+    from conftest import png, write_shard
+
+    write_shard(tmp_path / "s.tar", [("a.png", png()), ("a.txt", b"fine"), ("b.png", b"\x89PNG broken"),
+                                     ("b.txt", b"bad image"), ("c.txt", b"no image")])
+    assert main(["data", "validate", str(tmp_path / "s.tar"), "--format", "webdataset"]) == 1
+    out = capsys.readouterr().out
+    assert "3 records read, 2 skipped" in out
+    assert "s.tar record b" in out and "cannot decode image" in out and "no image member" in out
+    assert main(["data", "validate", str(tmp_path / "nothing"), "--format", "text"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -201,3 +201,17 @@ def test_text_only_batches_on_one_rank_do_not_hang(data, tmp_path):
     tree["distributed"] = {"strategy": "fsdp2"}
     run_torchrun(tree, tmp_path, 2)
     assert (tmp_path / "run" / "pretrain" / "model" / "model.safetensors").is_file()
+
+
+def test_evaluation_hook_runs_during_and_after_a_stage(data, tmp_path):
+    tree = recipe(data, tmp_path / "run", steps=5, eval_every=2)
+    seen = []
+
+    def evaluator(model):
+        seen.append(model.training)
+        return {"probe": float(len(seen))}
+
+    Trainer(config_from_dict(tree), evaluator=evaluator, progress=False).run()
+    rows = [json.loads(l) for l in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["eval"]["probe"]) for r in rows if "eval" in r] == [(2, 1.0), (4, 2.0), (5, 3.0)]
+    assert seen == [True, True, False]  # the hook sees the live model; training resumes after it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -20,10 +21,44 @@ def cmd_config(args) -> None:
     print(yaml.safe_dump(to_dict(load_config(args.recipe, args.overrides)), sort_keys=False), end="")
 
 
+def cmd_data_synth(args) -> None:
+    import time
+
+    from mm1.data.world import generate
+
+    start = time.perf_counter()
+    try:
+        counts = generate(args.out, args.seed, args.size)
+    except FileExistsError as err:
+        raise SystemExit(f"mm1: {err}") from None
+    for part, count in counts.items():
+        print(f"{part:28} {count}")
+    print(f"wrote {args.out} (size {args.size}, seed {args.seed}) in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_data_validate(args) -> int:
+    from mm1.config import ImageConfig
+    from mm1.data.image import load_image
+    from mm1.data.readers import validate
+
+    options = dict(item.split("=", 1) for item in args.option)
+    stats = validate(args.format, args.path, lambda ref: load_image(ref, ImageConfig().max_pixels), **options)
+    print(stats.report())
+    return 1 if stats.skipped else 0
+
+
 def cmd_demo(args) -> None:
     from mm1.demo import run_demo
 
     run_demo(load_config(args.recipe, args.overrides), eval_samples=args.eval_samples)
+
+
+def cmd_train(args) -> None:
+    from mm1.train.trainer import Trainer
+
+    trainer = Trainer(load_config(args.recipe, args.overrides))
+    exported = trainer.run(args.stage)
+    trainer.log(f"model: {exported}")
 
 
 def cmd_inspect_image(args) -> None:
@@ -36,6 +71,49 @@ def cmd_inspect_image(args) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_chat(args) -> None:
+    from mm1.serve import load_model
+    from mm1.serve.chat_cli import run_chat
+
+    run_chat(load_model(args.model), args.image, args.out, args.max_tokens, args.temperature)
+
+
+def cmd_serve(args) -> None:
+    from pathlib import Path
+
+    from mm1.serve.api import Limits, serve
+
+    limits = Limits(max_body_bytes=args.max_body_mb * 2**20, max_images=args.max_images, max_pixels=args.max_pixels,
+                    local_images=Path(args.local_images) if args.local_images else None,
+                    allow_remote_images=args.allow_remote_images)
+    serve(args.model, args.host, args.port, args.name, api_key=args.api_key,
+          max_batch=1 if args.no_batching else args.max_batch, batch_window=args.batch_window_ms / 1000,
+          limits=limits)
+
+
+def cmd_eval(args) -> None:
+    from pathlib import Path
+
+    import torch
+
+    from mm1.eval import evaluate
+    from mm1.eval.report import format_table
+    from mm1.serve import load_model
+
+    model = load_model(args.model).to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = model.config.eval
+    tasks = args.tasks.split(",") if args.tasks else settings.tasks
+    if not tasks:
+        raise ConfigError("no tasks: give --tasks (built-in names or task YAML paths) or set eval.tasks in the model")
+    shots = [int(k) for k in args.shots.split(",")] if args.shots else settings.shots
+    out = Path(args.out or Path("runs/eval") / Path(args.model).resolve().name)
+    summary = evaluate(model, tasks, shots, mode=args.mode or settings.mode, limit=args.limit or settings.limit,
+                       batch_size=args.batch_size or settings.batch_size, seed=settings.seed,
+                       data_root=args.data_root or settings.data_root, out_dir=out, model_name=args.model)
+    print(format_table(summary["results"]))
+    print(f"wrote {out}/report.md, summary.json, scores.png and predictions/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mm1", description="MM1 / MM1.5 multimodal LLMs end to end")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +124,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--eval-samples", type=int, default=64, help="held-out questions per task")
     p.set_defaults(func=cmd_demo)
+    data = sub.add_parser("data", help="data sets: generate the synthetic world").add_subparsers(
+        dest="data_command", required=True)
+    p = data.add_parser("synth", help="write the synthetic world: every data format, train and held-out splits")
+    p.add_argument("--out", required=True, help="new or empty folder to write to")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    p.add_argument("--size", choices=("small", "default"), default="default",
+                   help="small: seconds, for tests; default: about a minute")
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("validate", help="read every record and decode every image; count and name the bad ones")
+    p.add_argument("path", help="a file, a folder of shards, or a shard URL pattern")
+    p.add_argument("--format", required=True, help="webdataset | interleaved | text | llava")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reader option, e.g. category=math")
+    p.set_defaults(func=cmd_data_validate)
+    p = sub.add_parser("chat", help="multi-turn chat with a saved model in the terminal")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="attach to the first message")
+    p.add_argument("--out", default=".", help="folder for grounding pictures (answers with boxes or points)")
+    p.add_argument("--max-tokens", type=int, help="default: the model's generation.max_new_tokens")
+    p.add_argument("--temperature", type=float, help="default: the model's generation.temperature (0 = greedy)")
+    p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat page for a saved model")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="model name clients ask for (default: the directory name)")
+    p.add_argument("--api-key", default=os.environ.get("MM1_API_KEY") or None,
+                   help="require Authorization: Bearer KEY (default: $MM1_API_KEY; none: no key needed)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together at most")
+    p.add_argument("--batch-window-ms", type=float, default=20, help="how long to wait for requests to batch")
+    p.add_argument("--no-batching", action="store_true", help="one request per generate call (--max-batch 1)")
+    p.add_argument("--max-body-mb", type=int, default=20, help="largest request body")
+    p.add_argument("--max-images", type=int, default=8, help="images per request")
+    p.add_argument("--max-pixels", type=int, help="pixels per image (default and upper bound: the model's limit)")
+    p.add_argument("--local-images", metavar="DIR", help="allow image_url file paths inside DIR")
+    p.add_argument("--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("train", help="run a recipe's stages (resumes from the latest checkpoints; torchrun-aware)")
+    add_config_args(p)
+    p.add_argument("--stage", default=None, help="run only this stage (from the previous stage's exported model)")
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("inspect-image", help="show the grid, tiles and overview an image becomes, and its tokens")
     p.add_argument("image")
     p.add_argument("--config", default=None, help="YAML recipe whose model and image settings to use")
@@ -53,17 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-in-sample", type=int, default=1, help="splitting is off for samples with many images")
     p.add_argument("--out", default="inspect.png", help="PNG to write")
     p.set_defaults(func=cmd_inspect_image)
+    p = sub.add_parser("eval", help="benchmarks (zero-/few-shot, chat) with standard metrics, predictions and a report")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("--tasks", help="comma-separated built-in task names or task YAML paths (default: eval.tasks)")
+    p.add_argument("--shots", help="comma-separated shot counts, e.g. 0,4,8 (default: eval.shots)")
+    p.add_argument("--mode", choices=["auto", "base", "chat"],
+                   help="prompting: base documents or chat turns; auto = few-shot base, 0-shot chat")
+    p.add_argument("--limit", type=int, help="evaluate the first N samples of each task")
+    p.add_argument("--batch-size", type=int, help="prompts generated together")
+    p.add_argument("--data-root", help="folder relative task data paths resolve against")
+    p.add_argument("--out", help="output folder (default: runs/eval/<model directory name>)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except ConfigError as err:
+        return args.func(args) or 0
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # bad input: say what, without a traceback
         print(f"mm1: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -167,6 +167,24 @@ class SourceConfig:
 
 
 @dataclass(config=_strict)
+class EvalConfig:
+    """Benchmarks for `mm1 eval` and in-training evaluation: `mm1.eval.evaluate(model, **to_dict(cfg.eval))`."""
+
+    tasks: list[str] = dataclasses.field(default_factory=list)  # built-in task names or task YAML paths
+    shots: list[int] = dataclasses.field(default_factory=lambda: [0])
+    mode: Literal["auto", "base", "chat"] = "auto"  # auto: few-shot -> base, 0-shot -> chat (mm1.eval.fewshot)
+    limit: Optional[int] = None  # the first N samples of each task
+    batch_size: int = 8
+    seed: int = 0  # few-shot support sampling
+    data_root: Optional[str] = None  # relative task data paths resolve here
+
+    def __post_init__(self):
+        if any(k < 0 for k in self.shots) or (self.limit is not None and self.limit < 1) or self.batch_size < 1:
+            raise ValueError(f"need shots >= 0, limit >= 1, batch_size >= 1; got shots={self.shots}, "
+                             f"limit={self.limit}, batch_size={self.batch_size}")
+
+
+@dataclass(config=_strict)
 class StageConfig:
     """One training stage.  MM1 pre-training trains every module; `trainable` makes freezing a choice."""
 
@@ -197,7 +215,8 @@ class StageConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 1
-    eval_every: int = 0  # 0: only at the end of the stage (when evaluation is configured)
+    eval: Optional[EvalConfig] = None  # evaluation during and after the stage (e.g. few-shot after pre-training)
+    eval_every: int = 0  # steps between evaluations; 0: only at the end of the stage
 
     def __post_init__(self):
         unknown = set(self.lr_multipliers) - {"encoder", "connector", "llm"}
@@ -215,24 +234,6 @@ class DistributedConfig:
 
     strategy: Literal["ddp", "fsdp2"] = "fsdp2"
     backend: Optional[str] = None  # default: nccl on GPU, gloo on CPU
-
-
-@dataclass(config=_strict)
-class EvalConfig:
-    """Benchmarks for `mm1 eval` and in-training evaluation: `mm1.eval.evaluate(model, **to_dict(cfg.eval))`."""
-
-    tasks: list[str] = dataclasses.field(default_factory=list)  # built-in task names or task YAML paths
-    shots: list[int] = dataclasses.field(default_factory=lambda: [0])
-    mode: Literal["auto", "base", "chat"] = "auto"  # auto: few-shot -> base, 0-shot -> chat (mm1.eval.fewshot)
-    limit: Optional[int] = None  # the first N samples of each task
-    batch_size: int = 8
-    seed: int = 0  # few-shot support sampling
-    data_root: Optional[str] = None  # relative task data paths resolve here
-
-    def __post_init__(self):
-        if any(k < 0 for k in self.shots) or (self.limit is not None and self.limit < 1) or self.batch_size < 1:
-            raise ValueError(f"need shots >= 0, limit >= 1, batch_size >= 1; got shots={self.shots}, "
-                             f"limit={self.limit}, batch_size={self.batch_size}")
 
 
 @dataclass(config=_strict)

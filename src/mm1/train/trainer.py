@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from mm1.config import MM1Config, StageConfig, save_config
+from mm1.config import MM1Config, StageConfig, save_config, to_dict
 from mm1.data.mixture import StageData
 from mm1.data.processor import IGNORE_INDEX
 from mm1.data.readers import open_reader
@@ -103,6 +103,12 @@ def corpus_texts(cfg: MM1Config, per_source: int = 2000) -> Iterator[str]:
                     yield record.text
                 for message in record.messages or []:
                     yield message["content"]
+
+
+def stage_evaluator(stage: StageConfig) -> Evaluator:
+    from mm1.eval import evaluate
+
+    return lambda model: evaluate(model, **to_dict(stage.eval), log=None)["scores"]
 
 
 class MetricsLog:
@@ -224,6 +230,7 @@ class Trainer:
             else:
                 self.log("warning: the number of processes changed; data streams restart from their beginning")
             self.log(f"resumed {stage.name} from {saved[-1]} at step {step}")
+        evaluator = self.evaluator or (stage_evaluator(stage) if stage.eval and stage.eval.tasks else None)
         metrics = MetricsLog(stage_dir / "metrics.jsonl", step, self.cfg.tensorboard) if world.is_main else None
         module.train()
         bar = tqdm(total=total_steps, initial=step, desc=stage.name, disable=not self.progress, dynamic_ncols=True)
@@ -250,12 +257,12 @@ class Trainer:
                 extra = {"step": step, "scheduler": scheduler.state_dict(), "data": data.state_dict(),
                          "rng": checkpoint.rng_state()}
                 checkpoint.save(stage_dir / "checkpoints", step, module, optimizer, extra, world, stage.keep_checkpoints)
-            if self.evaluator and stage.eval_every and step % stage.eval_every == 0 and step < total_steps:
-                self.evaluate(model, stage, step, metrics)
+            if evaluator and stage.eval_every and step % stage.eval_every == 0 and step < total_steps:
+                self.evaluate(evaluator, model, stage, step, metrics)
         bar.close()
         model.eval()
-        if self.evaluator:
-            self.evaluate(model, stage, step, metrics)
+        if evaluator:
+            self.evaluate(evaluator, model, stage, step, metrics)
         self.export(model, stage_dir / "model")
         barrier(world)
         if world.is_main:
@@ -285,8 +292,9 @@ class Trainer:
                        expert_load_max=max(result.expert_load), expert_load_min=min(result.expert_load))
         return row
 
-    def evaluate(self, model: MM1Model, stage: StageConfig, step: int, metrics: MetricsLog | None) -> None:
-        scores = self.evaluator(model)
+    def evaluate(self, evaluator: Evaluator, model: MM1Model, stage: StageConfig, step: int,
+                 metrics: MetricsLog | None) -> None:
+        scores = evaluator(model)
         if metrics:
             metrics.write({"stage": stage.name, "step": step, "eval": scores})
             self.log(f"eval at {stage.name} step {step}: {scores}")
