@@ -131,13 +131,19 @@ def test_image_token_feature_mismatch_raises_with_counts(model):
         model.processor.encode_chat([user("hi")], [image(), image()])
 
 
-def test_labels_cover_exactly_the_assistant_turns(model):
+@pytest.mark.parametrize("template", ["chatml", "vicuna"])
+def test_labels_cover_exactly_the_assistant_turns(template):
+    model = tiny_model(tokenizer={"vocab_size": 300, "chat_template": template})
     p = model.processor
-    messages = [user("what is it?"), assistant("a red circle."), {"role": "user", "content": "and?"},
-                assistant("3 plus 4 is 7.")]
+    messages = [{"role": "system", "content": "Be brief."}, user("what is it?"), assistant("a red circle."),
+                {"role": "user", "content": "and?"}, assistant("3 plus 4 is 7.")]
     enc = p.encode_chat(messages, [image()])
     targets = [t for t in enc.labels if t != IGNORE_INDEX]
-    assert p.tokenizer.decode(targets) == "a red circle.<|im_end|>3 plus 4 is 7.<|im_end|>"
+    eos = p.tokenizer.eos_token
+    assert p.tokenizer.decode(targets) == f"a red circle.{eos}3 plus 4 is 7.{eos}"
+    # Exactly the assistant text: every labelled token lies inside an assistant turn and vice versa.
+    labelled = p.tokenizer.decode([t for t, l in zip(enc.input_ids, enc.labels) if l == IGNORE_INDEX])
+    assert "a red circle" not in labelled and "Be brief." in labelled and "what is it?" in labelled
     # Every labelled position carries its own token id, and image tokens are never targets.
     assert all(label in (IGNORE_INDEX, tok) for tok, label in zip(enc.input_ids, enc.labels))
     assert all(label == IGNORE_INDEX for tok, label in zip(enc.input_ids, enc.labels) if tok == model.image_token_id)

@@ -30,6 +30,13 @@ class Encoded:
     num_images: int = 0
 
 
+def flatten_content(content: str | list[dict]) -> str:
+    """OpenAI-style content parts -> one string with an <image> marker per image part, so templates stay simple."""
+    if isinstance(content, str):
+        return content
+    return "".join(IMAGE_TOKEN if part["type"] in ("image", "image_url") else part["text"] for part in content)
+
+
 class Processor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, image_cfg: ImageConfig):
         self.tokenizer = tokenizer
@@ -83,7 +90,7 @@ class Processor:
         if not messages:
             raise ValueError("a conversation needs at least one message")
         rendered, spans = render_jinja_template(
-            [messages], chat_template=self.tokenizer.chat_template, return_assistant_tokens_mask=True,
+            [[{"role": m["role"], "content": flatten_content(m["content"])} for m in messages]], chat_template=self.tokenizer.chat_template, return_assistant_tokens_mask=True,
             add_generation_prompt=add_generation_prompt, **self.tokenizer.special_tokens_map,
         )
         text = rendered[0]
