@@ -66,3 +66,17 @@ class QA:
     category: str
     options: tuple[str, ...] = ()
     answer_type: str = "other"  # VQA's answer types: "yes/no", "number", "other"
+
+
+def multiple_choice(rng: random.Random, question: str, answer: str, task: str, category: str,
+                    wrong: list[str]) -> QA:
+    """A question with the answer and up to three distinct distractors as options, in random order."""
+    options = [answer] + [w for w in dict.fromkeys(wrong) if w != answer][:3]
+    rng.shuffle(options)
+    return QA(question, answer, task, category, tuple(options))
+
+
+def article(phrase: str, capital: bool = False) -> str:
+    """`phrase` with its indefinite article: "a red circle", "an orange square"."""
+    word = "an" if phrase[0].lower() in "aeiou" else "a"
+    return f"{word.capitalize() if capital else word} {phrase}"

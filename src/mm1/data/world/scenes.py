@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from PIL import Image, ImageDraw
 
 from mm1.data.coords import box_to_text, point_to_text
-from mm1.data.world.base import COLOURS, NUMBER_WORDS, QA, SHAPES, Split
+from mm1.data.world.base import COLOURS, NUMBER_WORDS, QA, SHAPES, Split, article
 
 SIZES = {"small": (0.14, 0.2), "medium": (0.22, 0.3), "large": (0.32, 0.4)}  # extent / shorter image side
 BACKGROUNDS = {"white": (250, 250, 250), "grey": (210, 210, 210), "beige": (238, 228, 200)}
@@ -144,7 +144,7 @@ def short_captions(scene: Scene, rng: random.Random) -> list[str]:
     """Every short (alt-text-like) caption template applied to the scene, in a random order."""
     objs = list(scene.objects)
     rng.shuffle(objs)
-    things = listing([f"a {o.name}" for o in objs])
+    things = listing([article(o.name) for o in objs])
     sized = listing([f"a {o.size} {o.name}" for o in objs])
     n = len(objs)
     captions = [f"{things}.", f"a picture of {things}.", f"{sized} on a {scene.background} background.",
@@ -160,7 +160,7 @@ def dense_caption(scene: Scene, rng: random.Random) -> str:
     for obj in scene.objects:
         parts.append(rng.choice([f"There is a {obj.size} {obj.name} {scene.at(obj)}.",
                                  f"{scene.at(obj).capitalize()} is a {obj.size} {obj.name}.",
-                                 f"A {obj.name} of {obj.size} size sits {scene.at(obj)}."]))
+                                 f"{article(obj.name, capital=True)} of {obj.size} size sits {scene.at(obj)}."]))
     if n > 1:
         a, b = rng.sample(scene.objects, 2)
         parts.append(f"The {a.name} is {relation(a, b)} the {b.name}.")
@@ -191,7 +191,7 @@ def questions(scene: Scene, rng: random.Random, split: Split) -> list[QA]:
         qa.append(QA(f"What shape is the {obj.colour} object?", obj.shape, "shape", "general"))
     asked = rng.choice(split.pairs)  # drawn from the split, so a "no" never names a held-out pair in training
     present = asked in {(o.colour, o.shape) for o in objs}
-    qa.append(QA(f"Is there a {asked[0]} {asked[1]}?", "yes" if present else "no", "exists", "general",
+    qa.append(QA(f"Is there {article(' '.join(asked))}?", "yes" if present else "no", "exists", "general",
                  answer_type="yes/no"))
     qa.append(QA(f"Where is the {obj.name}?", scene.where(obj), "position", "general"))
     qa.append(QA(f"What size is the {obj.name}?", obj.size, "size", "general"))
@@ -209,7 +209,7 @@ def grounding(scene: Scene, rng: random.Random) -> list[QA]:
           QA(f"What is the object in the region {box}?", describe(obj), "refer-box", "refer-ground"),
           QA(f"What colour is the shape at {point}?", obj.colour, "refer-point", "refer-ground"),
           QA("Describe the image, giving a bounding box for each shape.",
-             listing([f"a {o.name} {box_to_text(o.box, scene.size)}" for o in scene.objects]) + ".",
+             listing([f"{article(o.name)} {box_to_text(o.box, scene.size)}" for o in scene.objects]) + ".",
              "grounded-caption", "refer-ground")]
     rng.shuffle(qa)
     return qa
@@ -233,7 +233,7 @@ def edit(scene: Scene, rng: random.Random, split: Split) -> tuple[Scene, str]:
         colour, shape = rng.choice([p for p in split.pairs if p not in used])
         obj = place(rng, scene, colour, shape, "small")
         if obj is not None:
-            return replace(scene, objects=scene.objects + (obj,)), f"a {obj.name} was added"
+            return replace(scene, objects=scene.objects + (obj,)), f"{article(obj.name)} was added"
         kind = "move"  # no room left: a move always succeeds below or falls through to a removal
     index = rng.randrange(len(scene.objects))
     obj = scene.objects[index]

@@ -7,6 +7,7 @@ pre-training and image splitting) can read them.  Signs stay legible at any reso
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,11 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+@lru_cache(maxsize=None)
+def _width(text: str, size: int = SMALL) -> float:
+    return font(size).getlength(text)
+
+
 @dataclass
 class TextImage:
     kind: str
@@ -45,11 +51,13 @@ class TextImage:
         return {"kind": self.kind, "width": self.image.width, "height": self.image.height,
                 "lines": [{"text": text, "box": list(box)} for text, box in self.lines]}
 
-    def write(self, xy: tuple[float, float], text: str, size: int, anchor: str = "la", fill=INK) -> tuple:
+    def write(self, xy: tuple[float, float], text: str, size: int, anchor: str = "la",
+              fill=INK) -> tuple[int, int, int, int]:
         """Draw `text` and return its ink box (the caller records lines: a receipt row is two runs, one line)."""
         draw = ImageDraw.Draw(self.image)
         draw.text(xy, text, font=font(size), fill=fill, anchor=anchor)
-        return draw.textbbox(xy, text, font=font(size), anchor=anchor)
+        x1, y1, x2, y2 = draw.textbbox(xy, text, font=font(size), anchor=anchor)
+        return math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)  # whole pixels covering the ink
 
 
 def union(a: tuple, b: tuple) -> tuple[int, int, int, int]:
@@ -69,12 +77,13 @@ def line_questions(doc: TextImage, rng: random.Random) -> list[QA]:
 
 
 def sign(rng: random.Random, split: Split) -> TextImage:
-    width, height = rng.choice([(160, 96), (192, 96), (128, 128)])
+    """One word, sometimes with a number ("LAKE 7"), in large letters: the sign grows to fit the text."""
+    text = rng.choice(split.words).upper() + (f" {rng.randint(1, 99)}" if rng.random() < 0.3 else "")
+    size = rng.choice([24, 28])
+    width, height = max(128, math.ceil(font(size).getlength(text)) + 40), rng.choice([80, 96, 112])
     colour = rng.choice(list(COLOURS))
     doc = TextImage("sign", Image.new("RGB", (width, height), (235, 235, 235)))
     ImageDraw.Draw(doc.image).rounded_rectangle((6, 6, width - 7, height - 7), radius=8, fill=COLOURS[colour])
-    text = " ".join(rng.sample(split.words, rng.choice([1, 1, 2]))).upper()
-    size = next(s for s in (28, 24, 20, 16, 13, 11) if font(s).getlength(text) <= width - 24)
     doc.lines.append((text, doc.write((width / 2, height / 2), text, size, anchor="mm", fill=(255, 255, 255))))
     doc.qa = [QA("What does the sign say?", text, "ocr-sign", "text-rich"),
               QA("What colour is the sign?", colour, "sign-colour", "general")]
@@ -120,12 +129,14 @@ def page(rng: random.Random, split: Split) -> TextImage:
         y += step
     y += step
     for _ in range(rows):
-        words = []
-        while True:  # fill the row up to the margin
-            candidate = " ".join(words + [rng.choice(split.words)])
-            if words and font(SMALL).getlength(candidate) > width - 32:
+        words = [rng.choice(split.words)]
+        used = _width(words[0])
+        while True:  # fill the row up to the margin (widths add up: the font applies no kerning)
+            word = rng.choice(split.words)
+            used += _width(" " + word)
+            if used > width - 32:
                 break
-            words = candidate.split()
+            words.append(word)
         text = " ".join(words)
         doc.lines.append((text, doc.write((16, y), text, SMALL)))
         y += step
