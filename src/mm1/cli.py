@@ -50,7 +50,7 @@ def cmd_data_validate(args) -> int:
 def cmd_demo(args) -> None:
     from mm1.demo import run_demo
 
-    run_demo(load_config(args.recipe, args.overrides), eval_samples=args.eval_samples)
+    run_demo(load_config(args.recipe, args.overrides), world_size=args.world_size)
 
 
 def cmd_train(args) -> None:
@@ -114,6 +114,22 @@ def cmd_eval(args) -> None:
     print(f"wrote {out}/report.md, summary.json, scores.png and predictions/")
 
 
+def cmd_plan(args) -> None:
+    from mm1.plan import format_plan, plan, to_json
+
+    result = plan(load_config(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.mfu, args.peak_tflops * 1e12,
+                  args.target_days, args.stage, images_per_sequence=args.images_per_sequence,
+                  views_per_image=args.views_per_image)
+    print(to_json(result) if args.json else format_plan(result))
+
+
+def cmd_export(args) -> None:
+    from mm1.export import export_llava
+
+    export_llava(args.model, args.out)
+    print(f"wrote {args.out}: LlavaForConditionalGeneration, its processor and tokenizer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mm1", description="MM1 / MM1.5 multimodal LLMs end to end")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("demo", help="train, evaluate, save and query a tiny model on the synthetic world")
     add_config_args(p)
-    p.add_argument("--eval-samples", type=int, default=64, help="held-out questions per task")
+    p.add_argument("--world-size", default="default", choices=["small", "default"], help="synthetic world size")
     p.set_defaults(func=cmd_demo)
     data = sub.add_parser("data", help="data sets: generate the synthetic world").add_subparsers(
         dest="data_command", required=True)
@@ -183,6 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/eval/<model directory name>)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("plan", help="parameters, memory per GPU, FLOPs and time per step of a recipe (no GPU needed)")
+    add_config_args(p)
+    p.add_argument("--gpus", type=int, required=True, help="processes (GPUs) the recipe runs on")
+    p.add_argument("--gpu-memory", type=float, default=80, help="GB per GPU")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation")
+    p.add_argument("--peak-tflops", type=float, default=989, help="peak per GPU (default: H100 dense bf16)")
+    p.add_argument("--target-days", type=float, help="also give the GPUs needed to finish each stage in this time")
+    p.add_argument("--stage", help="only this stage")
+    p.add_argument("--images-per-sequence", type=float, help="default: as many as fit, up to the stage's maximum")
+    p.add_argument("--views-per-image", type=float, help="default: 1, or max_tiles + 1 when splitting")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("export", help="write a saved model in the transformers LLaVA layout (mlp connector only)")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("out", help="folder to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
