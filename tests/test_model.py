@@ -162,3 +162,13 @@ def test_build_train_save_load_generate(tmp_path, connector, moe):
     reply = restored.chat([user("what is it?")], [image()], max_new_tokens=5)
     assert reply == model.chat([user("what is it?")], [image()], max_new_tokens=5)
     assert isinstance(reply, str)
+
+
+def test_on_tokens_streams_every_step_and_can_stop_generation(model):
+    batch = model.processor.collate([model.processor.encode_chat([user("hi")], [image()], add_generation_prompt=True)])
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    streamed = []
+    full = model.generate(*args, max_new_tokens=6, eos_token_id=-1, on_tokens=streamed.append)
+    assert torch.equal(torch.stack(streamed, dim=1), full)
+    stopped = model.generate(*args, max_new_tokens=6, eos_token_id=-1, on_tokens=lambda t: len(t) > 0)
+    assert torch.equal(stopped, full[:, :1])

@@ -87,8 +87,8 @@ def scripted(model: MM1Model, answer: str) -> MM1Model:
         steps = []
         for token in ids[:max_new_tokens]:
             steps.append(torch.full((input_ids.shape[0],), token))
-            if on_tokens is not None:
-                on_tokens(steps[-1])
+            if on_tokens is not None and on_tokens(steps[-1]):
+                break
         return torch.stack(steps, dim=1)
 
     model.generate = generate
@@ -352,7 +352,7 @@ def test_client_that_goes_away_stops_its_generation(model_dir):
         def step(tokens):
             steps.append(tokens)
             time.sleep(0.01)
-            on_tokens(tokens)
+            return on_tokens(tokens)
 
         return scripted_generate(*args, on_tokens=step, **kwargs)
 

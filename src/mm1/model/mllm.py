@@ -135,11 +135,12 @@ class MM1Model(nn.Module):
                  pixel_values: torch.Tensor | None = None, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_p: float = 1.0, eos_token_id: int | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None,
-                 on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                 on_tokens: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
         """Batched decoding of left-padded prompts.  Returns (batch, new_tokens), padded after EOS with EOS.
 
         `use_cache=False` recomputes the whole sequence at every step (the reference the KV cache must match).
-        `on_tokens` receives each step's new tokens, for streaming."""
+        `on_tokens` receives each step's new tokens, for streaming; returning True ends generation there (e.g. when
+        every row has met a stop string)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.shape[1] and (attention_mask[:, -1] == 0).any():
@@ -160,10 +161,9 @@ class MM1Model(nn.Module):
             token = sample(logits, temperature, top_p, generator)
             token = torch.where(finished, torch.full_like(token, eos), token)
             new_tokens.append(token)
-            if on_tokens is not None:
-                on_tokens(token)
+            stop = on_tokens(token) if on_tokens is not None else False
             finished |= token == eos
-            if finished.all():
+            if stop or finished.all():
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             token_embeds = self.llm.get_input_embeddings()(token[:, None])

@@ -79,16 +79,12 @@ class Job:
         self.sent = len(text)
 
 
-class _AllDone(Exception):
-    """Raised from `on_tokens` to end a generate call early, once every job of the batch has finished."""
-
-
 def generate(model, jobs: list[Job]) -> None:
     """Run jobs that share sampling settings as one left-padded batch; never raises (a failure fails the jobs)."""
     processor = model.processor
     eos = processor.tokenizer.eos_token_id
 
-    def on_tokens(tokens: torch.Tensor) -> None:
+    def on_tokens(tokens: torch.Tensor) -> bool:
         for job, token in zip(jobs, tokens.tolist()):
             if job.done:
                 continue
@@ -96,8 +92,8 @@ def generate(model, jobs: list[Job]) -> None:
                 job.finish("stop")
             else:
                 job.push(token)
-        if all(job.done for job in jobs):
-            raise _AllDone  # stop strings, max_tokens and cancelled clients do not end `generate` by themselves
+        # Stop strings, max_tokens and cancelled clients end a row here, not in `generate`: stop when all rows ended.
+        return all(job.done for job in jobs)
 
     temperature, top_p = jobs[0].sampling
     try:
@@ -105,8 +101,6 @@ def generate(model, jobs: list[Job]) -> None:
         model.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
                        max_new_tokens=max(job.max_tokens for job in jobs), temperature=temperature, top_p=top_p,
                        eos_token_id=eos, on_tokens=on_tokens)
-    except _AllDone:
-        pass
     except Exception as err:  # e.g. out of memory: this batch's requests fail, the server goes on
         for job in jobs:
             if not job.done:
