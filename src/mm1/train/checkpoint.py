@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,7 +53,9 @@ def save(folder: Path, step: int, model: nn.Module, optimizer: torch.optim.Optim
         tmp.mkdir(parents=True)
     barrier(world)
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+    with warnings.catch_warnings():  # DCP warns that a single process saves alone, which is what we want
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
     torch.save(extra, tmp / f"extra-rank{world.rank}.pt")
     barrier(world)
     if world.is_main:
@@ -72,7 +75,9 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, world: 
     carried over then (records are split by rank), so the data streams restart and that is reported."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     same_world = json.loads((path / "meta.json").read_text())["world_size"] == world.size
     extra = torch.load(path / f"extra-rank{world.rank if same_world else 0}.pt", weights_only=True)
