@@ -1,6 +1,7 @@
 """The trainer: stage chaining, exact resume, crash-safe checkpoints, non-finite losses, and torchrun (gloo)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -215,3 +216,65 @@ def test_evaluation_hook_runs_during_and_after_a_stage(data, tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["eval"]["probe"]) for r in rows if "eval" in r] == [(2, 1.0), (4, 2.0), (5, 3.0)]
     assert seen == [True, True, False]  # the hook sees the live model; training resumes after it
+
+
+def test_stage_option_runs_one_stage_from_the_previous_export(data, tmp_path):
+    tree = recipe(data, tmp_path / "run", steps=2)
+    tree["stages"].append(dict(tree["stages"][0], name="second", steps=2))
+    with pytest.raises(ValueError, match="starts from stage pretrain, which has not been run yet"):
+        Trainer(config_from_dict(tree), progress=False).run("second")
+    with pytest.raises(ValueError, match="no stage 'third'"):
+        Trainer(config_from_dict(tree), progress=False).run("third")
+    Trainer(config_from_dict(tree), progress=False).run("pretrain")
+    assert not (tmp_path / "run" / "second").exists()
+    assert Trainer(config_from_dict(tree), progress=False).run("second") == tmp_path / "run" / "second" / "model"
+
+
+def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):
+    source = [{"name": "captions", "format": "webdataset", "path": str(data / "caps")}]
+    big = recipe(data, tmp_path / "big", steps=3, batch_size=4, packing=False)
+    accum = recipe(data, tmp_path / "accum", steps=3, batch_size=2, grad_accum=2, packing=False)
+    for tree in (big, accum):
+        tree["stages"][0]["data"] = source
+        Trainer(config_from_dict(tree), progress=False).run()
+    one, two = weights(tmp_path / "big" / "pretrain" / "model"), weights(tmp_path / "accum" / "pretrain" / "model")
+    for key in one:
+        if not key.endswith("k_proj.bias"):  # no true gradient: see test_two_processes_match_one
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_epochs_set_the_number_of_steps(data, tmp_path):
+    source = [{"name": "captions", "format": "webdataset", "path": str(data / "caps")}]
+    tree = recipe(data, tmp_path / "run", steps=100, batch_size=4, packing=False, epochs=1.0, warmup_steps=1)
+    tree["stages"][0]["data"] = source
+    Trainer(config_from_dict(tree), progress=False).run()
+    rows = [json.loads(l) for l in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 6  # 24 records / 4 per step
+
+
+@pytest.mark.parametrize("settings", [
+    {"bf16": True}, {"activation_checkpointing": True}, {"optimizer": "adafactor"}, {"compile": True}])
+def test_stage_options_train(data, tmp_path, settings):
+    tree = recipe(data, tmp_path / "run", steps=3, **settings)
+    Trainer(config_from_dict(tree), progress=False).run()
+    rows = [json.loads(l) for l in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_activation_checkpointing_keeps_the_loss(data, tmp_path):
+    losses = []
+    for name, ckpt in (("plain", False), ("ckpt", True)):
+        Trainer(config_from_dict(recipe(data, tmp_path / name, steps=3, activation_checkpointing=ckpt)), progress=False).run()
+        losses.append([json.loads(l)["loss"] for l in (tmp_path / name / "pretrain" / "metrics.jsonl").read_text().splitlines()])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_moe_training_logs_expert_load_and_tensorboard(data, tmp_path):
+    tree = recipe(data, tmp_path / "run", steps=3)
+    tree["model"]["llm"].update({"type": "qwen3-moe", "moe": {"experts": 4, "every": 2, "expert_intermediate_size": 32}})
+    tree["tensorboard"] = True
+    Trainer(config_from_dict(tree), progress=False).run()
+    rows = [json.loads(l) for l in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["balance_loss"] > 0 and r["z_loss"] > 0 for r in rows)
+    assert all(0 <= r["expert_load_min"] <= 0.25 <= r["expert_load_max"] <= 1 for r in rows)
+    assert list((tmp_path / "run" / "pretrain" / "tensorboard").glob("events.out.tfevents.*"))

@@ -117,9 +117,9 @@ def cmd_eval(args) -> None:
 def cmd_plan(args) -> None:
     from mm1.plan import format_plan, plan, to_json
 
-    result = plan(load_config(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.mfu, args.peak_tflops * 1e12,
-                  args.target_days, args.stage, images_per_sequence=args.images_per_sequence,
-                  views_per_image=args.views_per_image)
+    result = plan(load_config(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.mfu,
+                  args.peak_tflops * 1e12, args.target_days, args.stage,
+                  images_per_sequence=args.images_per_sequence, views_per_image=args.views_per_image)
     print(to_json(result) if args.json else format_plan(result))
 
 

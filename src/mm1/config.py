@@ -303,21 +303,49 @@ def config_from_dict(tree: dict, source: str = "<dict>", overrides: list[str] = 
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def _named(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "name" in v for v in value)
+
+
+def merge_trees(base: Any, over: Any) -> Any:
+    """`over` on top of `base`: mappings merge key by key; lists of named mappings (stages, data sources) merge by
+    `name`, so a variant can change one stage's lr or append a stage; new names are appended; other values replace."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: merge_trees(base[k], v) if k in base else v for k, v in over.items()}}
+    if _named(base) and _named(over):
+        merged = {item["name"]: item for item in base}
+        for item in over:
+            merged[item["name"]] = merge_trees(merged[item["name"]], item) if item["name"] in merged else item
+        return list(merged.values())
+    return over
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe's tree with its `base:` recipe (a path relative to this file) merged underneath, recursively."""
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist" + (f" (base of {chain[-1]})" if chain else ""))
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ConfigError(f"recipe bases form a cycle: {' -> '.join(map(str, chain + (path,)))}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(tree).__name__}")
+    base = tree.pop("base", None)
+    return merge_trees(_read_recipe(path.parent / base, chain + (path,)), tree) if base else tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> MM1Config:
-    """Load a YAML recipe (or the defaults when `path` is None) and apply overrides."""
+    """Load a YAML recipe (or the defaults when `path` is None) and apply overrides.
+
+    A recipe may start from another one: `base: ../tiny.yaml` (see `merge_trees` for how the two combine)."""
     tree: dict = {}
     source = "<defaults>"
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got {type(tree).__name__}")
+        tree = _read_recipe(path)
     return config_from_dict(tree, source, overrides)
 
 

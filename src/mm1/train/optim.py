@@ -27,8 +27,15 @@ def format_trainable(rows: list[tuple[str, str, int]]) -> str:
     return "\n".join(f"  [{state:9}] {name:9} {count:>12,} parameters" for name, state, count in rows)
 
 
+OPTIMIZERS = {
+    "adamw": lambda groups: torch.optim.AdamW(groups, betas=(0.9, 0.95)),
+    # MM1.5's choice; PyTorch's own implementation (factored second moments, decoupled weight decay).
+    "adafactor": lambda groups: torch.optim.Adafactor(groups),
+}
+
+
 def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
-    """AdamW with one group per (module, decay) pair; norms, biases and embeddings' 1-D params skip decay."""
+    """One parameter group per (module, decay) pair; norms, biases and other 1-D params skip weight decay."""
     groups = []
     for name in stage.trainable:
         params = [p for p in getattr(model, name).parameters() if p.requires_grad]
@@ -37,7 +44,7 @@ def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimiz
         no_decay = [p for p in params if p.dim() < 2]
         groups += [{"params": decay, "lr": lr, "weight_decay": stage.weight_decay, "module": name},
                    {"params": no_decay, "lr": lr, "weight_decay": 0.0, "module": name}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.95))
+    return OPTIMIZERS[stage.optimizer]([g for g in groups if g["params"]])
 
 
 def lr_factor(step: int, stage: StageConfig) -> float:

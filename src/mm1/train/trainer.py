@@ -207,8 +207,8 @@ class Trainer:
                  f"{'packed sequences' if stage.packing else 'samples'} x {world.size} processes, peak lr {stage.lr:g}\n"
                  + format_trainable(set_trainable(model, stage)))
         if stage.activation_checkpointing:
-            model.encoder.vision.gradient_checkpointing_enable()
-            model.llm.gradient_checkpointing_enable()
+            model.encoder.vision.activation_checkpointing_enable()
+            model.llm.activation_checkpointing_enable()
         if stage.compile:
             model.llm.compile()
         model.to(world.device)
