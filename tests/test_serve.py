@@ -7,6 +7,7 @@ Servers listen on 127.0.0.1 only, on a port the OS picks.  Helpers here (`save_t
 from __future__ import annotations
 
 import base64
+import copy
 import http.client
 import io
 import json
@@ -28,21 +29,16 @@ import torch
 import uvicorn
 from PIL import Image
 
+import conftest
 import mm1
 from mm1.config import config_from_dict
 from mm1.data.tokenizer import build_tokenizer
 from mm1.model.mllm import MM1Model
 from mm1.serve.api import Limits, create_app
 
-TINY = {
-    "model": {
-        "encoder": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "layers": 2, "heads": 2,
-                    "intermediate_size": 64},
-        "connector": {"type": "c-abstractor", "tokens": 4, "depth": 1},
-        "llm": {"hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64, "max_positions": 512},
-    },
-    "tokenizer": {"vocab_size": 300},
-}
+# The shared tiny model with a short context, so the context-length limit is easy to reach.
+TINY = copy.deepcopy(conftest.TINY)
+TINY["model"]["llm"]["max_positions"] = 512
 LIMITS = Limits(max_body_bytes=300_000, max_images=3, max_pixels=100 * 100)
 
 
