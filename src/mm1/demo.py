@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from mm1.config import MM1Config
-from mm1.data.coords import draw_regions, parse_regions
+from mm1.data.coords import box_to_text, draw_regions, parse_regions
 from mm1.data.world import generate
 from mm1.model.mllm import MM1Model
 from mm1.train.trainer import Trainer
@@ -32,8 +32,10 @@ def answer_grounding_question(model: MM1Model, world: Path, out_png: Path) -> di
     regions, errors = parse_regions(answer)
     image = model.processor.load_image(image_path)
     draw_regions(image, regions).save(out_png)
-    return {"image": str(image_path), "question": question, "answer": answer, "truth_bbox_xywh": ref["bbox"],
-            "parse_errors": [str(e) for e in errors], "drawn": str(out_png)}
+    x, y, w, h = ref["bbox"]
+    return {"image": str(image_path), "question": question, "answer": answer,
+            "truth": box_to_text((x, y, x + w, y + h), image.size), "parse_errors": [str(e) for e in errors],
+            "drawn": str(out_png)}
 
 
 def plot_scores(rows: dict[str, dict[str, float]], out: Path) -> None:
@@ -67,8 +69,8 @@ def write_report(cfg: MM1Config, run_dir: Path, scores: dict[str, dict[str, floa
     for stage, stage_scores in scores.items():
         lines += [f"| {stage} | {task} | {value:.3f} |" for task, value in stage_scores.items()]
     lines += ["", "![scores](scores.png)", "", "## One held-out question", "",
-              f"Q: {example['question']}  ", f"A: `{example['answer']}` (truth, x/y/w/h pixels: "
-              f"{example['truth_bbox_xywh']})", "", "![answer](answer.png)", ""]
+              f"Q: {example['question']}  ", f"A: `{example['answer']}` (truth: `{example['truth']}`)", "",
+              "![answer](answer.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
