@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from mm1.config import config_from_dict
+from mm1.data.readers import files
 from mm1.demo import run_demo
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny.yaml"
@@ -30,3 +31,8 @@ def test_demo_runs_every_step(tmp_path):
     assert (run / "scores.png").is_file() and (run / "answer.png").is_file()
     assert summary["example"]["question"].startswith("Where is ") and summary["example"]["truth"].startswith("[")
     assert json.loads((run / "summary.json").read_text())["model"] == str(run / "sft" / "model")
+    # Training never reads the held-out split: every file behind every source is a training file.
+    for stage in tree["stages"]:
+        for source in stage["data"]:
+            suffix = {"webdataset": ("tar",), "interleaved": ("parquet",), "text": ("jsonl",), "llava": ("json",)}
+            assert all(f.name.startswith("train") for f in files(source["path"], suffix[source["format"]]))

@@ -113,8 +113,13 @@ READERS: Registry[type[Reader]] = Registry("data format")
 
 
 def files(path: str, suffixes: tuple[str, ...]) -> list[Path]:
-    """A file, or the matching files of a directory in sorted order."""
+    """A file, the matching files of a directory, or of a glob pattern (`train-*.tar`), in sorted order."""
     p = Path(path)
+    if any(c in path for c in "*?["):
+        found = sorted(f for f in p.parent.glob(p.name) if f.suffix.lstrip(".") in suffixes)
+        if not found:
+            raise FileNotFoundError(f"no {'/'.join(suffixes)} file matches {path}")
+        return found
     if p.is_dir():
         found = sorted(f for f in p.iterdir() if f.suffix.lstrip(".") in suffixes)
         if not found:
@@ -175,15 +180,14 @@ def resolve_image(ref: Any, base: Path) -> Any:
 
 @READERS.register("webdataset")
 class WebDatasetReader(Reader):
-    """Image-text pairs from tar shards; `path` is a shard, a folder of shards or a brace-expanded URL pattern."""
+    """Image-text pairs from tar shards: a shard, a folder of shards, a glob (`train-*.tar`) or a brace-expanded
+    URL pattern (`pipe:...`, `https://.../train-{000000..000099}.tar`)."""
 
     def raw(self):
         import webdataset as wds
 
-        if Path(self.path).exists():
-            urls = [str(f) for f in files(self.path, ("tar",))]
-        else:
-            urls = wds.shardlists.expand_urls(self.path)
+        local = Path(self.path).exists() or (any(c in self.path for c in "*?[") and "://" not in self.path)
+        urls = [str(f) for f in files(self.path, ("tar",))] if local else wds.shardlists.expand_urls(self.path)
         for sample in wds.tarfile_samples([{"url": u} for u in urls]):
             yield sample["__url__"], sample["__key__"], sample
 
