@@ -156,8 +156,9 @@ class MM1Model(nn.Module):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             if use_cache:
                 positions = positions[:, -step_embeds.shape[1]:]
+            # Only the last position's logits are needed: skips the output layer over the whole prompt.
             logits = self.llm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=use_cache).logits[:, -1].float()
+                              past_key_values=cache, use_cache=use_cache, logits_to_keep=1).logits[:, -1].float()
             token = sample(logits, temperature, top_p, generator)
             token = torch.where(finished, torch.full_like(token, eos), token)
             new_tokens.append(token)
