@@ -36,6 +36,7 @@ from PIL import Image
 
 from mm1.config import ConfigError
 from mm1.data.coords import box_to_text
+from mm1.data.readers import BadRecord as BadLine, read_json_lines
 from mm1.registry import Registry
 
 LETTERS = string.ascii_uppercase
@@ -326,14 +327,10 @@ def read_jsonl(annotations: Path, images: Path, **_) -> Annotations:
         raise AnnotationError(f"annotation file {annotations} does not exist")
     skipped: list[Skip] = []
     samples = []
-    for index, line in enumerate(annotations.read_text().splitlines()):
-        if not line.strip():
-            continue
-        record = f"line {index + 1}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            skipped.append(Skip(str(annotations), record, "invalid JSON", str(err)))
+    for number, item in read_json_lines(annotations):
+        index, record = int(number) - 1, f"line {number}"
+        if isinstance(item, BadLine):  # a line that is not JSON
+            skipped.append(Skip(str(annotations), record, "invalid JSON", str(item)))
             continue
         if not isinstance(item, dict):
             skipped.append(Skip(str(annotations), record, "wrong type", f"expected an object, got {_show(item)}"))
