@@ -196,7 +196,7 @@ def test_truncation_never_cuts_image_tokens(model):
     sample = model.processor.encode_text("<image>" + " word" * 40, [image()])
     cut = fit(sample, 20, model.image_token_id, stats)
     assert len(cut.input_ids) == 20 and sum(t == model.image_token_id for t in cut.input_ids) == 4
-    assert stats.counts["truncated to seq_len (text only)"] == 1
+    assert stats.truncated == 1 and stats.skipped == 0 and "1 truncated" in stats.report()
     late = model.processor.encode_text(" word" * 30 + "<image>", [image()])
     assert fit(late, 20, model.image_token_id, stats) is None
     assert stats.counts["image tokens reach past seq_len=20"] == 1

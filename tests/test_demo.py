@@ -1,4 +1,5 @@
-"""The main job (`make demo`) end to end, at toy length: world -> three stages -> evaluation -> report -> answer."""
+"""The main job (`make demo`) end to end, at toy length: world -> encoder stage and the three MM1.5 stages ->
+evaluation -> report -> answer."""
 
 import json
 from pathlib import Path
@@ -24,9 +25,9 @@ def test_demo_runs_every_step(tmp_path):
     run = tmp_path / "run"
     assert set(summary["scores"]) == {"pretrain", "sft"}
     assert set(summary["scores"]["pretrain"]) == {"world-vqa/0-shot", "world-vqa/2-shot"}
-    assert len(summary["scores"]["sft"]) == 7 and all(0 <= v <= 10 for v in summary["scores"]["sft"].values())
+    assert len(summary["scores"]["sft"]) == 8 and all(0 <= v <= 10 for v in summary["scores"]["sft"].values())
     report = (run / "report.md").read_text()
-    for stage in ("pretrain", "cpt", "sft"):
+    for stage in ("encoder", "pretrain", "cpt", "sft"):
         assert f"| {stage} | 2 |" in report and (run / stage / "loss.png").is_file()
     assert (run / "scores.png").is_file() and (run / "answer.png").is_file()
     assert summary["example"]["question"].startswith("Where is ") and summary["example"]["truth"].startswith("[")

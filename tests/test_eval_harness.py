@@ -136,6 +136,26 @@ def test_vqav2_refcoco_and_jsonl_readers(tmp_path):
                                  ("val.jsonl", "line 7", "invalid JSON")]
 
 
+def test_jsonl_box_is_the_region_a_grounding_answer_must_hit(tmp_path):
+    _image(tmp_path / "ui.png")  # the region's frame: the image's own pixels
+    width, height = Image.open(tmp_path / "ui.png").size
+    lines = [{"image": "ui.png", "question": "Where do I tap?", "answer": "[500, 500]", "box": [2, 3, 10, 12]},
+             {"image": "ui.png", "question": "Where?", "answer": "[1, 1]", "box": [2, 3]},
+             {"image": "ui.png", "question": "Where?", "answer": "[1, 1]", "box": [0, 0, width + 5, 4]}]
+    (tmp_path / "ui.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    read = read_annotations("jsonl", tmp_path / "ui.jsonl")
+    assert [(s.box, s.size) for s in read.samples] == [((2.0, 3.0, 10.0, 12.0), (width, height))]
+    assert _reasons(read) == [("ui.jsonl", "line 2", "wrong type"), ("ui.jsonl", "line 3", "bad box")]
+
+
+def test_numbered_images_name_each_image_as_multi_image_data_does():
+    task = load_task(Path(__file__).parents[1] / "recipes/tasks/world-multi-image.yaml").config
+    query = Sample("q", ["a.png", "b.png", "c.png"], question="Which image has more shapes?", answers=["Image 2"])
+    prompt = build_prompt(task, query, [], "chat")
+    assert prompt.messages[-1]["content"] == (f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\nImage 3: "
+                                              f"{IMAGE_TOKEN}\nWhich image has more shapes?")
+
+
 def test_unreadable_annotation_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_annotations("coco-captions", tmp_path / "nothing.json")

@@ -111,7 +111,30 @@ def test_grounding_boxes_points_and_unreadable_answers():
     ]
     result = METRICS.get("grounding-accuracy")(predictions, [sample] * len(predictions))
     assert result.per_sample == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-    assert result.details == {"no_region": 1, "malformed": 1, "points": 2}
+    assert {k: result.details[k] for k in ("no_region", "malformed", "points")} == {"no_region": 1, "malformed": 1,
+                                                                                     "points": 2}
+    # Mean IoU over the five answers that are not points; the unreadable ones count 0.
+    boxes = [(10, 20, 50, 60), (12, 22, 52, 62), (40, 20, 80, 60)]
+    expected = sum(iou(from_bins_box(b, sample.size), sample.box) for b in boxes) / 5
+    assert result.details["mean_iou"] == pytest.approx(expected)
+    assert 0.35 < expected < 0.45  # ~1, ~0.8 and 1/7 over five
+
+
+def from_bins_box(box, size):
+    """A pixel box as the metric sees it after the round trip through coordinate bins."""
+    from mm1.data.coords import from_bins, to_bins
+    return [from_bins(to_bins(v, size[i % 2]), size[i % 2]) for i, v in enumerate(box)]
+
+
+def test_exact_match_takes_option_letters_or_text_and_reports_character_similarity():
+    mc = Sample("m", question="What changed?", options=["a circle was added", "the square was removed"],
+                answers=["B"])
+    word = Sample("w", question="What does the sign say?", answers=["APPLE"])
+    result = METRICS.get("exact-match")(["B", "the square was removed", "A", "apple", "APPLX"],
+                                        [mc, mc, mc, word, word])
+    assert result.per_sample == [1.0, 1.0, 0.0, 1.0, 0.0]
+    # similarity: "b" vs the letter "B" = 1, text vs "B" = 0 (22 edits / 22), "a" vs "B" = 0, 1, 4/5
+    assert result.details["char_similarity"] == pytest.approx((1 + 0 + 0 + 1 + 0.8) / 5)
 
 
 OPTIONS = ["a red circle", "a blue square", "green"]

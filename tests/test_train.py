@@ -14,7 +14,10 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY, png, write_shard
+from transformers import AutoTokenizer
+
 from mm1.config import config_from_dict, to_dict
+from mm1.model.mllm import MM1Model
 from mm1.train import checkpoint
 from mm1.train.trainer import NonFiniteLossError, Trainer
 
@@ -278,3 +281,49 @@ def test_moe_training_logs_expert_load_and_tensorboard(data, tmp_path):
     assert all(r["balance_loss"] > 0 and r["z_loss"] > 0 for r in rows)
     assert all(0 <= r["expert_load_min"] <= 0.25 <= r["expert_load_max"] <= 1 for r in rows)
     assert list((tmp_path / "run" / "pretrain" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def contrastive_stage(data, **overrides) -> dict:
+    stage = {"name": "encoder", "objective": "contrastive", "trainable": ["encoder"], "packing": False,
+             "steps": 40, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 40,
+             "contrastive": {"width": 32, "layers": 1, "heads": 2},
+             "data": [{"name": "captions", "format": "webdataset", "path": str(data / "caps")}]}
+    return stage | overrides
+
+
+def test_contrastive_stage_trains_the_encoder_alone_and_learns_to_match(data, tmp_path):
+    """The captions name one of four colours: a CLIP-style stage must learn to tell the images apart by it."""
+    tree = recipe(data, tmp_path / "run")
+    tree["stages"] = [contrastive_stage(data), dict(tree["stages"][0], steps=2)]
+    Trainer(config_from_dict(tree), progress=False).run()
+    rows = [json.loads(l) for l in (tmp_path / "run" / "encoder" / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[0], rows[-1]
+    # 8 pairs with 4 colours: two captions fit each image, so matching by colour gives 1/2 and chance is 1/8.
+    assert first["retrieval_accuracy"] < 0.3 and last["retrieval_accuracy"] >= 0.5
+    assert last["loss"] < first["loss"] - 0.5
+    torch.manual_seed(tree["seed"])  # the trainer's initialisation of the first stage
+    init = MM1Model(config_from_dict(tree), AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer"))
+    trained = weights(tmp_path / "run" / "encoder" / "model")
+    initial = {k: v for k, v in init.state_dict().items()}
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained if k.startswith("encoder."))
+    assert all(torch.equal(initial[k], trained[k]) for k in trained if not k.startswith("encoder."))
+    assert {k.split(".")[0] for k in trained} == {"encoder", "connector", "llm"}  # no text tower exported
+
+
+def test_contrastive_stage_rejects_packing_and_split_views(data, tmp_path):
+    tree = recipe(data, tmp_path / "run")
+    tree["stages"] = [contrastive_stage(data, packing=True)]
+    with pytest.raises(ValueError, match="packing: false and trainable: \\[encoder\\]"):
+        config_from_dict(tree)
+    split = {"size": 32, "split": {"enabled": True, "min_tiles": 2, "max_tiles": 4}}
+    tree["stages"] = [contrastive_stage(data, image=split, seq_len=256)]
+    with pytest.raises(ValueError, match=r"exactly one image view per caption: got \d+ views for 8 captions"):
+        Trainer(config_from_dict(tree), progress=False).run()
+
+
+def test_a_stage_whose_every_sample_is_too_long_stops_with_the_reason(data, tmp_path):
+    tree = recipe(data, tmp_path / "run", seq_len=3)  # every caption's image alone is 4 tokens
+    tree["stages"][0]["data"] = tree["stages"][0]["data"][:1]  # captions only: each has an image
+    with pytest.raises(ValueError, match=r"(?s)1000 samples in a row were dropped as longer than seq_len=3.*image tokens "
+                                         r"reach past seq_len=3"):
+        Trainer(config_from_dict(tree), progress=False).run()

@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from mm1.cli import main
-from mm1.data.coords import text_to_box, text_to_point
+from mm1.data.coords import from_bins, parse_regions, text_to_box, text_to_point
 from mm1.data.world import generate
 from mm1.data.world.base import COLOURS, HELD_OUT_PAIRS, HELD_OUT_WORDS, HELDOUT, SHAPES, TRAIN, TRAIN_PAIRS
 from mm1.data.world import ui
@@ -25,7 +25,7 @@ from mm1.data.world.conversations import CATEGORIES
 from mm1.data.world.video import FRAMES
 
 SEED = 7
-EVAL_TASKS = ("ocr", "multi_image", "video", "ui")
+EVAL_TASKS = ("ocr", "text_rich", "multi_image", "video", "ui")
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,28 @@ def test_manifest_counts_match_files(world):
                 assert all((root / m).exists() for m in media if m)
         for image in coco["images"]:
             assert Image.open(root / image["file_name"]).size == (image["width"], image["height"])
+
+
+def test_eval_ocr_reads_one_held_out_word_and_ui_taps_carry_the_button(world):
+    for row in jsonl(world / "eval" / "ocr.jsonl"):
+        word, *number = row["answer"].split()
+        assert row["task"] == "ocr-sign" and word.lower() in HELDOUT.words and all(n.isdigit() for n in number)
+    for row in jsonl(world / "eval" / "ui.jsonl"):
+        size = Image.open(world / "eval" / row["image"]).size
+        (region,), errors = parse_regions(row["answer"])
+        x, y = (from_bins(v, size[i]) for i, v in enumerate(region.coords))
+        x1, y1, x2, y2 = row["box"]
+        assert row["task"] == "tap" and not errors and x1 <= x <= x2 and y1 <= y <= y2
+
+
+def test_training_signs_include_made_up_words_and_documents_include_quizzes(world):
+    signs = [s["text"].split()[0].lower() for s in shard_samples(world, "ocr", "train") if s["meta"]["kind"] == "sign"]
+    made_up = [w for w in signs if w not in TRAIN.words]
+    assert made_up and signs != made_up
+    assert not [w for w in made_up for held in HELDOUT.words if held in w]
+    texts = pq.read_table(world / "interleaved" / "train.parquet").column("texts").to_pylist()
+    quizzes = [row for row in texts if any(t and t.startswith("Question: ") for t in row)]
+    assert quizzes and all(re.fullmatch(r"Question: .+\? Answer: .+", t) for row in quizzes for t in row[2::2])
 
 
 def side_text(world: Path, split: str) -> str:

@@ -53,6 +53,13 @@ def cmd_demo(args) -> None:
     run_demo(load_config(args.recipe, args.overrides), world_size=args.world_size)
 
 
+def cmd_ablate(args) -> None:
+    from mm1.ablate import run_ablations
+
+    run_ablations(args.spec, args.out, args.quick, [int(s) for s in args.seeds.split(",")] if args.seeds else None,
+                  args.studies.split(",") if args.studies else None)
+
+
 def cmd_train(args) -> None:
     from mm1.train.trainer import Trainer
 
@@ -180,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--stage", default=None, help="run only this stage (from the previous stage's exported model)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("ablate", help="MM1's key ablations on the synthetic world: arms x seeds, table and plot")
+    p.add_argument("spec", nargs="?", default="recipes/ablations/tiny.yaml",
+                   help="ablation spec (YAML; default: recipes/ablations/tiny.yaml)")
+    p.add_argument("--quick", action="store_true", help="the spec's quick steps and evaluation limits")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the spec's)")
+    p.add_argument("--studies", help="comma-separated study names (default: all)")
+    p.add_argument("--out", help="output folder (default: runs/ablate, or runs/ablate-quick with --quick)")
+    p.set_defaults(func=cmd_ablate)
     p = sub.add_parser("inspect-image", help="show the grid, tiles and overview an image becomes, and its tokens")
     p.add_argument("image")
     p.add_argument("--config", default=None, help="YAML recipe whose model and image settings to use")

@@ -185,6 +185,17 @@ class EvalConfig:
 
 
 @dataclass(config=_strict)
+class ContrastiveConfig:
+    """The text side of a CLIP-style stage (`objective: contrastive`): a small transformer over the caption's
+    tokens, trained with the image encoder and then discarded, as CLIP's text tower is when MM1 uses its encoder."""
+
+    width: int = 128  # text tower width and the shared embedding size
+    layers: int = 2
+    heads: int = 4
+    temperature: float = 0.07  # initial softmax temperature, learnt (CLIP)
+
+
+@dataclass(config=_strict)
 class StageConfig:
     """One training stage.  MM1 pre-training trains every module; `trainable` makes freezing a choice."""
 
@@ -217,6 +228,10 @@ class StageConfig:
     log_every: int = 1
     eval: Optional[EvalConfig] = None  # evaluation during and after the stage (e.g. few-shot after pre-training)
     eval_every: int = 0  # steps between evaluations; 0: only at the end of the stage
+    # lm: next-token loss on the multimodal sequence (every MM1 stage).  contrastive: CLIP-style image-caption
+    # matching that trains the encoder alone, for models whose encoder starts from scratch (`mm1.train.contrastive`).
+    objective: Literal["lm", "contrastive"] = "lm"
+    contrastive: ContrastiveConfig = dataclasses.field(default_factory=ContrastiveConfig)
 
     def __post_init__(self):
         unknown = set(self.lr_multipliers) - {"encoder", "connector", "llm"}
@@ -226,6 +241,10 @@ class StageConfig:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
         if not self.trainable:
             raise ValueError(f"stage {self.name} trains nothing: trainable is empty")
+        if self.objective == "contrastive" and (self.packing or self.trainable != ["encoder"]):
+            raise ValueError(f"stage {self.name}: a contrastive stage trains the encoder on one caption per image: "
+                             f"set packing: false and trainable: [encoder] (got packing={self.packing}, "
+                             f"trainable={self.trainable})")
 
 
 @dataclass(config=_strict)
@@ -265,21 +284,35 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid config in {source}:\n" + "\n".join(lines)
 
 
+def _list_index(items: list, part: str, dotted: str) -> int:
+    """A list item by position (`stages.0`) or, for lists of named items, by name (`stages.pretrain`)."""
+    if part.lstrip("-").isdigit():
+        return int(part)
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    if part not in names:
+        raise ConfigError(f"override {dotted!r}: no item named {part!r}; names: {[n for n in names if n]}")
+    return names.index(part)
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c`; list items are addressed by index or by `name`, and a named item set to null is removed
+    (`stages.cpt=null` drops that stage, `stages.pretrain.data.text=null` that source)."""
     *parents, leaf = dotted.split(".")
     node = tree
     for i, part in enumerate(parents):
         if isinstance(node, list):
-            node = node[int(part)]
+            node = node[_list_index(node, part, dotted)]
             continue
         child = node.setdefault(part, {})
         if not isinstance(child, (dict, list)):
             raise ConfigError(f"override {dotted!r}: {'.'.join(parents[:i + 1])} is a value, not a section")
         node = child
-    if isinstance(node, list):
-        node[int(leaf)] = value
-    else:
+    if not isinstance(node, list):
         node[leaf] = value
+    elif value is None and not leaf.lstrip("-").isdigit():
+        del node[_list_index(node, leaf, dotted)]
+    else:
+        node[_list_index(node, leaf, dotted)] = value
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:

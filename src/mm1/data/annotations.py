@@ -15,9 +15,10 @@ A reader is chosen by name (`data.format` of a task, registry `READERS`).  Image
                  `data.split` keeps one split.  `data.direction: ground` gives one sample per sentence (expression ->
                  box); `refer` gives one sample per region (box, written in `coords` bins -> its sentences).
 `jsonl`          one JSON object per line: `{"id"?: int|str, "image": str | "images": [str, ...] | "video": str,
-                 "question": str, "options"?: [str, ...], "answer": str | [str, ...]}`; `video` is a video file,
-                 animated image or folder of frames; with `options` (2 to 26) the answer is a letter ("B") or the
-                 text of one option, and is stored as its letter.
+                 "question": str, "options"?: [str, ...], "answer": str | [str, ...], "box"?: [x1, y1, x2, y2]}`;
+                 `video` is a video file, animated image or folder of frames; with `options` (2 to 26) the answer is
+                 a letter ("B") or the text of one option, and is stored as its letter; `box` (pixels of the one
+                 image) is the region a grounding metric checks the answer against.
 
 A record with a missing image, a wrong field type or empty text is skipped, never silently: `Annotations.skipped`
 lists each one with its file, record and reason.  A file that cannot be read at all raises `AnnotationError`.
@@ -317,8 +318,19 @@ def _jsonl_sample(item: dict, index: int, images: Path) -> Sample:
             answers = [letters[options.index(answers[0])]]
         else:
             raise BadRecord("bad answer", f"answer {answers[0]!r} is neither an option letter nor an option's text")
+    box = size = None
+    if "box" in item:  # a region the answer must hit (a point inside it, or a box overlapping it): UI grounding
+        if len(files) != 1:
+            raise BadRecord("wrong type", "box needs exactly one image (its pixels are the box's frame)")
+        with Image.open(files[0]) as image:  # reads the header only
+            size = image.size
+        corners = item["box"]
+        if not isinstance(corners, list) or len(corners) != 4:
+            raise BadRecord("wrong type", f"box must be 4 numbers [x1, y1, x2, y2], got {_show(corners)}")
+        box = _bbox({"bbox": [corners[0], corners[1], corners[2] - corners[0], corners[3] - corners[1]]}, size)
     sid = str(_ident(item, "id")) if "id" in item else str(index)
-    return Sample(sid, files, question=question, answers=answers, target=answers[0], options=options, video=video)
+    return Sample(sid, files, question=question, answers=answers, target=answers[0], options=options, video=video,
+                  box=box, size=size)
 
 
 @READERS.register("jsonl")

@@ -49,6 +49,15 @@ class SourceStream:
             self.position += 1
 
 
+# A stream that drops this many samples in a row (undecodable, too long, ...) has nothing usable: stop with the
+# reasons instead of reading the sources round and round forever.
+MAX_SKIPS_IN_A_ROW = 1000
+
+
+def too_many_skips(what: str, stats: SkipStats) -> ValueError:
+    return ValueError(f"{MAX_SKIPS_IN_A_ROW} samples in a row were {what}; nothing usable left. {stats.report()}")
+
+
 def encode_record(processor: Processor, record: Record) -> Encoded:
     if record.messages is not None:
         return processor.encode_chat(record.messages, record.images)
@@ -74,7 +83,7 @@ class Mixture:
         return self
 
     def __next__(self) -> Encoded:
-        while True:
+        for _ in range(MAX_SKIPS_IN_A_ROW):
             stream = self.rng.choices(self.streams, weights=self.weights)[0]
             record = stream.next()
             try:
@@ -84,6 +93,7 @@ class Mixture:
                 continue
             self.drawn[stream.cfg.name] += 1
             return encoded
+        raise too_many_skips("skipped while encoding", self.stats)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate(), "drawn": dict(self.drawn),
@@ -108,8 +118,12 @@ class StageData:
 
     def _fitted_samples(self) -> Iterator[Encoded]:
         """Samples that fit in `seq_len` (text truncated, or the sample dropped, never an image cut)."""
+        dropped = 0
         for sample in self.mixture:
             fitted = fit(sample, self.stage.seq_len, self.processor.image_token_id, self.mixture.stats)
+            dropped = 0 if fitted is not None else dropped + 1
+            if dropped == MAX_SKIPS_IN_A_ROW:
+                raise too_many_skips(f"dropped as longer than seq_len={self.stage.seq_len}", self.mixture.stats)
             if fitted is not None:
                 yield fitted
 
@@ -129,3 +143,4 @@ class StageData:
         if self.packer is not None:
             self.packer.load_state_dict(state["packer"])
         self.samples = self._fitted_samples()
+

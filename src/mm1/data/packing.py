@@ -29,7 +29,7 @@ def fit(sample: Encoded, seq_len: int, image_token_id: int, stats: SkipStats) ->
     if all(label == IGNORE_INDEX for label in labels[1:]):
         stats.skip(f"no target tokens left within seq_len={seq_len}", f"sample of {n} tokens")
         return None
-    stats.counts["truncated to seq_len (text only)"] += 1
+    stats.truncated += 1
     return Encoded(sample.input_ids[:seq_len], labels, sample.pixel_values, sample.num_images)
 
 

@@ -52,6 +52,7 @@ class SkipStats:
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     read: int = 0
+    truncated: int = 0  # samples kept with their trailing text cut to seq_len (not skipped)
 
     def skip(self, reason: str, where: str) -> None:
         self.counts[reason] += 1
@@ -65,7 +66,7 @@ class SkipStats:
         return sum(self.counts.values())
 
     def report(self) -> str:
-        lines = [f"{self.read} records read, {self.skipped} skipped"]
+        lines = [f"{self.read} records read, {self.skipped} skipped, {self.truncated} truncated to seq_len"]
         for reason, n in self.counts.most_common():
             lines.append(f"  {n:>6} × {reason}  (e.g. {', '.join(self.examples[reason][:3])})")
         return "\n".join(lines)

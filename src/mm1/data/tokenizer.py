@@ -34,9 +34,12 @@ def load_chat_template(name: str) -> str:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (GPT-2 pre-tokenisation, so a newline never merges with the word after it)."""
+    """Byte-level BPE (GPT-2 pre-tokenisation, so a newline never merges with the word after it).  Digits are split
+    one per token, as Llama and Qwen do: a number, a count or a coordinate is then written the same way everywhere,
+    instead of "250" being one token in one place and "2" "50" in another."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,

@@ -66,7 +66,9 @@ def draw_support(query: Sample, pool: Sequence[Sample], k: int, seed: int) -> li
 def fill(template: str, sample: Sample, answer: str, frames: int) -> str:
     images = len(sample.images) + (frames if sample.video else 0)
     options = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, sample.options))
-    return template.format(images=IMAGE_TOKEN * images, question=sample.question, options=options, answer=answer)
+    numbered = "".join(f"Image {i + 1}: {IMAGE_TOKEN}\n" for i in range(images))
+    return template.format(images=IMAGE_TOKEN * images, numbered_images=numbered, question=sample.question,
+                           options=options, answer=answer)
 
 
 def build_prompt(task: TaskConfig, query: Sample, support: Sequence[Sample], mode: Mode) -> Prompt:

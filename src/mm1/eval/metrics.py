@@ -149,10 +149,18 @@ def vqa(predictions: Sequence[str], samples: Sequence[Sample]) -> MetricResult:
 
 @METRICS.register("exact-match")
 def exact_match(predictions: Sequence[str], samples: Sequence[Sample]) -> MetricResult:
-    """1 when the normalised prediction equals a normalised reference (multi-image, video, referring names)."""
-    per_sample = [float(normalize_answer(p) in {normalize_answer(a) for a in s.answers})
-                  for p, s in zip(predictions, samples)]
-    return MetricResult(_mean(per_sample), per_sample)
+    """1 when the normalised prediction equals a normalised reference (multi-image, OCR words, referring names); a
+    question with options takes the option's letter or its text, as a chat model may answer either.
+    `char_similarity` (1 - normalised edit distance to the closest reference, averaged) is partial credit: it
+    moves while a reader gets most letters of a word right before it gets whole words right."""
+    per_sample, similarity = [], []
+    for prediction, sample in zip(predictions, samples):
+        if sample.options:
+            per_sample.append(float(extract_choice(prediction, sample.options) == sample.answers[0]))
+        else:
+            per_sample.append(float(normalize_answer(prediction) in {normalize_answer(a) for a in sample.answers}))
+        similarity.append(max(_similarity(prediction, a) for a in sample.answers))
+    return MetricResult(_mean(per_sample), per_sample, {"char_similarity": _mean(similarity)})
 
 
 # ---- ANLS (document VQA) ----------------------------------------------------------------------------------------
@@ -166,15 +174,15 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
+def _similarity(prediction: str, answer: str) -> float:
+    """1 - normalised Levenshtein distance, case and whitespace runs ignored."""
+    pred, gt = " ".join(prediction.lower().split()), " ".join(answer.lower().split())
+    return 1.0 - levenshtein(pred, gt) / max(len(pred), len(gt), 1)
+
+
 def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
     """Max over answers of 1 - NL (normalised Levenshtein distance), 0 where NL >= threshold (DocVQA: 0.5)."""
-    pred = " ".join(prediction.lower().split())
-    best = 0.0
-    for answer in answers:
-        gt = " ".join(answer.lower().split())
-        distance = levenshtein(pred, gt) / max(len(pred), len(gt), 1)
-        best = max(best, 1.0 - distance if distance < threshold else 0.0)
-    return best
+    return max((s if s > 1.0 - threshold else 0.0 for s in (_similarity(prediction, a) for a in answers)), default=0.0)
 
 
 @METRICS.register("anls")
@@ -198,22 +206,26 @@ def grounding(predictions: Sequence[str], samples: Sequence[Sample]) -> MetricRe
 
     The first well-formed region of the answer counts (bins mapped to pixels of the original image); an answer
     without one is wrong and counted as `malformed` (an attempt that `parse_regions` rejects) or `no_region`."""
-    per_sample, counts = [], {"no_region": 0, "malformed": 0, "points": 0}
+    per_sample, ious, counts = [], [], {"no_region": 0, "malformed": 0, "points": 0}
     for prediction, sample in zip(predictions, samples):
         regions, errors = parse_regions(prediction)
         if not regions:
             counts["malformed" if errors else "no_region"] += 1
             per_sample.append(0.0)
+            ious.append(0.0)
             continue
         region = regions[0]
         xy = [from_bins(v, sample.size[i % 2]) for i, v in enumerate(region.coords)]
         if region.kind == "box":
-            hit = iou(xy, sample.box) >= 0.5
+            ious.append(iou(xy, sample.box))
+            hit = ious[-1] >= 0.5
         else:
             counts["points"] += 1
             hit = sample.box[0] <= xy[0] <= sample.box[2] and sample.box[1] <= xy[1] <= sample.box[3]
         per_sample.append(float(hit))
-    return MetricResult(_mean(per_sample), per_sample, counts)
+    # Partial credit for box tasks: mean IoU over the non-point answers, a missing or malformed one counting 0.
+    boxes = len(ious) > counts["no_region"] + counts["malformed"]
+    return MetricResult(_mean(per_sample), per_sample, counts | ({"mean_iou": _mean(ious)} if boxes else {}))
 
 
 # ---- multiple choice --------------------------------------------------------------------------------------------

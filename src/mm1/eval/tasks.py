@@ -5,7 +5,8 @@ by path.  Relative data paths resolve against the data root (`--data-root`; defa
 given by path, the current directory for a built-in task).
 
 Prompt templates are Python format strings with the fields {images} (one <image> marker per image or video frame),
-{question}, {options} ("A. ...\nB. ...") and, in `fewshot_format`, {answer}.
+{numbered_images} ("Image 1: <image>\nImage 2: <image>\n", how multi-image data names its images), {question},
+{options} ("A. ...\nB. ...") and, in `fewshot_format`, {answer}.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mm1.eval.metrics import METRICS
 from mm1.registry import Registry
 
 _strict = ConfigDict(extra="forbid", validate_assignment=True)
-TEMPLATE_FIELDS = {"images", "question", "options", "answer"}
+TEMPLATE_FIELDS = {"images", "numbered_images", "question", "options", "answer"}
 
 # Answer clean-up applied to the decoded text, in the order a task lists them.
 FILTERS: Registry[Callable[[str], str]] = Registry("answer filter")

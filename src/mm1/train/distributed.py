@@ -46,8 +46,10 @@ def init_world(cfg: DistributedConfig) -> World:
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of encoder and LLM: FSDP2's sharding units (an MoE block keeps its experts)."""
-    return list(model.encoder.vision.encoder.layers) + list(model.llm.model.layers)
+    """The transformer blocks of encoder and LLM: FSDP2's sharding units (an MoE block keeps its experts).  A
+    contrastive stage's module has an encoder and no LLM."""
+    llm = getattr(model, "llm", None)
+    return list(model.encoder.vision.encoder.layers) + (list(llm.model.layers) if llm is not None else [])
 
 
 def wrap(model: nn.Module, cfg: DistributedConfig, world: World, bf16: bool) -> nn.Module:

@@ -34,11 +34,13 @@ OPTIMIZERS = {
 }
 
 
-def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
-    """One parameter group per (module, decay) pair; norms, biases and other 1-D params skip weight decay."""
+def build_optimizer(model: nn.Module, stage: StageConfig, beside: nn.Module | None = None) -> torch.optim.Optimizer:
+    """One parameter group per (module, decay) pair; norms, biases and other 1-D params skip weight decay.
+    `beside`: parameters trained with the model's modules at the stage's lr (a contrastive stage's text tower)."""
     groups = []
-    for name in stage.trainable:
-        params = [p for p in getattr(model, name).parameters() if p.requires_grad]
+    named = [(name, getattr(model, name)) for name in stage.trainable] + ([("beside", beside)] if beside else [])
+    for name, module in named:
+        params = [p for p in module.parameters() if p.requires_grad]
         lr = stage.lr * stage.lr_multipliers.get(name, 1.0)
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]

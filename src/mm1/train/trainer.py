@@ -28,6 +28,7 @@ from mm1.data.readers import open_reader
 from mm1.data.tokenizer import build_tokenizer
 from mm1.model.mllm import MM1Model
 from mm1.train import checkpoint
+from mm1.train.contrastive import ContrastiveModel
 from mm1.train.distributed import World, all_reduce_sum, barrier, init_world, wrap
 from mm1.train.optim import build_optimizer, build_scheduler, format_trainable, set_trainable
 
@@ -48,6 +49,7 @@ class StepResult:
     balance: float | None = None
     z_loss: float | None = None
     expert_load: list[float] | None = None
+    retrieval_accuracy: float | None = None  # contrastive stages: image -> caption within the batch
 
 
 def autocast(stage: StageConfig, world: World):
@@ -73,6 +75,18 @@ def optimizer_step(module: torch.nn.Module, batches: list[dict], optimizer: torc
         total += loss.item()
         lm_total += out.lm_loss.item()
         aux.append(out)
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
+    result = finish_step(optimizer, stage, world, total, lm_total, tokens)
+    if aux[0].balance_loss is not None:
+        result.balance = sum(o.balance_loss.item() for o in aux) / len(aux)
+        result.z_loss = sum(o.z_loss.item() for o in aux) / len(aux)
+        result.expert_load = (sum(o.expert_load for o in aux) / len(aux)).tolist()
+    return result
+
+
+def finish_step(optimizer: torch.optim.Optimizer, stage: StageConfig, world: World, total: float, lm_total: float,
+                tokens: int) -> StepResult:
+    """Clip, check every rank's loss and gradient are finite, step (or not), and average the logged losses."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -83,12 +97,24 @@ def optimizer_step(module: torch.nn.Module, batches: list[dict], optimizer: torc
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
-    result = StepResult(total, lm_total, grad_norm, tokens, finite)
-    if aux[0].balance_loss is not None:
-        result.balance = sum(o.balance_loss.item() for o in aux) / len(aux)
-        result.z_loss = sum(o.z_loss.item() for o in aux) / len(aux)
-        result.expert_load = (sum(o.expert_load for o in aux) / len(aux)).tolist()
+    return StepResult(total, lm_total, grad_norm, tokens, finite)
+
+
+def contrastive_step(module: torch.nn.Module, batches: list[dict], optimizer: torch.optim.Optimizer,
+                     stage: StageConfig, world: World = World()) -> StepResult:
+    """One optimizer step of a contrastive stage: the mean InfoNCE loss of the micro-batches (each its own set of
+    negatives); DDP averages it over ranks."""
+    total = accuracy = 0.0
+    for batch in batches:
+        batch = {k: v.to(world.device) for k, v in batch.items()}
+        with autocast(stage, world):
+            loss, correct = module(**batch)
+        (loss / len(batches)).backward()
+        total += loss.item() / len(batches)
+        accuracy += correct.item() / len(batches)
+    tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    result = finish_step(optimizer, stage, world, total, total, tokens)
+    result.retrieval_accuracy = all_reduce_sum(torch.tensor(accuracy), world).item() / world.size
     return result
 
 
@@ -212,8 +238,14 @@ class Trainer:
         if stage.compile:
             model.llm.compile()
         model.to(world.device)
-        module = wrap(model, self.cfg.distributed, world, stage.bf16)
-        optimizer = build_optimizer(model, stage)
+        if stage.objective == "contrastive":
+            trained = ContrastiveModel(model.encoder, stage.contrastive, len(model.processor.tokenizer), stage.seq_len)
+            trained.to(world.device)
+            module = wrap(trained, self.cfg.distributed, world, stage.bf16)
+            optimizer, step_fn = build_optimizer(trained, stage, beside=trained.head), contrastive_step
+        else:
+            module = wrap(model, self.cfg.distributed, world, stage.bf16)
+            optimizer, step_fn = build_optimizer(model, stage), optimizer_step
         scheduler = build_scheduler(optimizer, stage)
         # Each rank draws its own source sequence (and reads its own share of every source's records).
         data = StageData(stage, model.processor, seed=self.cfg.seed + index + 1000 * world.rank)
@@ -236,7 +268,7 @@ class Trainer:
         bar = tqdm(total=total_steps, initial=step, desc=stage.name, disable=not self.progress, dynamic_ncols=True)
         start, tokens_done, skipped = time.perf_counter(), 0, 0
         while step < total_steps:
-            result = optimizer_step(module, [next(data) for _ in range(stage.grad_accum)], optimizer, stage, world)
+            result = step_fn(module, [next(data) for _ in range(stage.grad_accum)], optimizer, stage, world)
             if not result.finite:
                 where = f"stage {stage.name} step {step + 1}: loss {result.loss}, gradient norm {result.grad_norm}"
                 if stage.on_nonfinite == "stop":
@@ -287,6 +319,8 @@ class Trainer:
                "skipped_records": data.mixture.stats.skipped}
         if data.packer is not None:
             row["packing_efficiency"] = data.packer.stats.efficiency(stage.seq_len)
+        if result.retrieval_accuracy is not None:
+            row["retrieval_accuracy"] = result.retrieval_accuracy
         if result.balance is not None:
             row.update(balance_loss=result.balance, z_loss=result.z_loss,
                        expert_load_max=max(result.expert_load), expert_load_min=min(result.expert_load))

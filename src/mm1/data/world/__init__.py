@@ -77,7 +77,7 @@ PARTS = ("captions", "ocr", "interleaved", "text", "sft")  # the parts with a tr
 
 SIZES = {"small": Size(captions=48, ocr=24, interleaved=8, text=40, sft=120, paths=3, eval=8, support=3, shard=16,
                        heldout=0.25),
-         "default": Size(captions=5000, ocr=1200, interleaved=1000, text=5000, sft=4000, paths=64, eval=200,
+         "default": Size(captions=10000, ocr=2400, interleaved=2000, text=5000, sft=12000, paths=64, eval=200,
                          support=16, shard=1000)}
 
 

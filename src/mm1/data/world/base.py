@@ -43,6 +43,9 @@ class Split:
     name: str
     pairs: tuple[tuple[str, str], ...]
     words: tuple[str, ...]
+    # Signs may show made-up letter strings (never containing a held-out word): with only the word list, a reader
+    # can memorise whole words; strings of random letters make it learn the letters (SynthText-style OCR data).
+    made_up_words: bool = False
 
     def rng(self, seed: int, part: str) -> random.Random:
         # A string seed is hashed with SHA-512 by `random`, so streams are independent of PYTHONHASHSEED and of
@@ -50,10 +53,18 @@ class Split:
         return random.Random(f"mm1-world:{seed}:{self.name}:{part}")
 
 
-TRAIN = Split("train", TRAIN_PAIRS, TRAIN_WORDS)
+TRAIN = Split("train", TRAIN_PAIRS, TRAIN_WORDS, made_up_words=True)
 HELDOUT = Split("heldout", HELD_OUT_PAIRS, HELD_OUT_WORDS)
 # Few-shot examples for evaluating base models come from the training distribution but their own seed stream.
 SUPPORT = Split("support", TRAIN_PAIRS, TRAIN_WORDS)
+
+
+def made_up_word(rng: random.Random) -> str:
+    """3-7 random letters that contain no held-out word."""
+    while True:
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 7)))
+        if not any(held in word for held in HELD_OUT_WORDS):
+            return word
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class QA:
     category: str
     options: tuple[str, ...] = ()
     answer_type: str = "other"  # VQA's answer types: "yes/no", "number", "other"
+    box: tuple[int, int, int, int] | None = None  # the pixel box a pointing answer must land in (UI taps)
 
 
 def multiple_choice(rng: random.Random, question: str, answer: str, task: str, category: str,

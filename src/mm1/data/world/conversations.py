@@ -99,7 +99,9 @@ def record(rng: random.Random, split: Split, category: str) -> tuple[Content, li
     media, qa = SOURCES[category](rng, split)
     first = rng.choice([q for q in qa if q.category == category])
     rest = [q for q in qa if q is not first]
-    turns = [first] + rng.sample(rest, min(len(rest), rng.choice([0, 0, 1, 2])))
+    # Several questions about the same media, as in LLaVA's conversations: each image encoded once supervises
+    # several answers, which is most of what the tiny default learns from per second.
+    turns = [first] + rng.sample(rest, min(len(rest), rng.randint(0, 5)))
     conversation = []
     for i, q in enumerate(turns):
         question, answer = ask(q, rng)

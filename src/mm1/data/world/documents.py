@@ -13,8 +13,8 @@ from PIL import Image
 
 from mm1.data.world import text_rich
 from mm1.data.world.base import QA, SHAPES, Split, article
-from mm1.data.world.scenes import (SIDES, Scene, count_word, dense_caption, edit, listing, plural, render,
-                                   sample_scene)
+from mm1.data.world.scenes import (SIDES, Scene, count_word, dense_caption, edit, listing, plural, questions,
+                                   render, sample_scene)
 
 MIXES = {("red", "yellow"): "orange", ("blue", "yellow"): "green", ("red", "blue"): "purple",
          ("red", "white"): "pink"}
@@ -126,5 +126,16 @@ def reading(rng: random.Random, split: Split) -> Doc:
     return [intro, doc.image, phrase.format(next(q.answer for q in doc.qa if q.task == task))]
 
 
+def quiz(rng: random.Random, split: Split) -> Doc:
+    """A picture worksheet: images each followed by a question and its answer.  Web documents like it are where a
+    base model meets the question-answer pattern that few-shot prompts rely on."""
+    doc: Doc = [rng.choice(["A picture quiz.", "Worksheet: look at each picture and answer.", "Practice questions."])]
+    for _ in range(rng.randint(2, 4)):
+        scene = sample_scene(rng, split)
+        qa = rng.choice(questions(scene, rng, split))
+        doc += [render(scene), f"Question: {qa.question} Answer: {qa.answer}"]
+    return doc
+
+
 def interleaved(rng: random.Random, split: Split) -> Doc:
-    return rng.choice([story, comparison, steps, reading])(rng, split)
+    return rng.choice([story, comparison, steps, reading, quiz])(rng, split)

@@ -20,6 +20,7 @@ QUESTIONS_PER_IMAGE = 2
 
 def _entry(media: dict, qa: QA, index: int) -> dict:
     entry = {"id": index, **media, "question": qa.question, "answer": qa.answer, "task": qa.task}
+    entry |= {"box": list(qa.box)} if qa.box else {}
     return entry | ({"options": list(qa.options)} if qa.options else {})
 
 
@@ -62,8 +63,15 @@ def write_scenes(root: Path, split: Split, seed: int, n: int) -> dict[str, int]:
 
 
 def _ocr(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict, QA]:
-    doc = text_rich.sample(rng, split)
+    """Reading one rendered word (a sign), the OCR task of the issue's targets."""
+    doc = text_rich.sign(rng, split)
     return {"image": media.image(doc.image, f"images/ocr/{i:06d}.png")}, _first(doc.qa, "text-rich")
+
+
+def _text_rich(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict, QA]:
+    """Any text-rich question (signs, receipts, pages: totals, fields, transcriptions), scored with ANLS."""
+    doc = text_rich.sample(rng, split)
+    return {"image": media.image(doc.image, f"images/text_rich/{i:06d}.png")}, _first(doc.qa, "text-rich")
 
 
 def _multi_image(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict, QA]:
@@ -77,11 +85,13 @@ def _video(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict
 
 
 def _ui(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict, QA]:
+    """UI grounding: where to tap to press a button (right when the point lands in the button)."""
     image, qa = ui.screen(rng, split)
-    return {"image": media.image(image, f"images/ui/{i:06d}.png")}, _first(qa, "ui")
+    tap = next(q for q in qa if q.task == "tap" and q.question.startswith("Where do I tap to press"))
+    return {"image": media.image(image, f"images/ui/{i:06d}.png")}, tap
 
 
-TASKS = {"ocr": _ocr, "multi_image": _multi_image, "video": _video, "ui": _ui}
+TASKS = {"ocr": _ocr, "text_rich": _text_rich, "multi_image": _multi_image, "video": _video, "ui": _ui}
 
 
 def write_eval(root: Path, split: Split, seed: int, n: int) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Text-rich images: signs (large text), receipts and document pages (small text), arithmetic sheets.
+"""Text-rich images: signs (large text, sometimes made-up words), receipts and document pages (small text),
+arithmetic sheets.
 
 Receipts and pages use glyphs about 7-9 px tall on images 240-330 px across: legible at native resolution, a pixel
 or two tall once the image is squeezed into one 64 px view, so only high-resolution views (MM1.5's continual
@@ -15,7 +16,7 @@ from functools import lru_cache
 from PIL import Image, ImageDraw, ImageFont, features
 
 from mm1.data.coords import box_to_text
-from mm1.data.world.base import COLOURS, QA, Split
+from mm1.data.world.base import COLOURS, QA, Split, made_up_word
 
 INK = (25, 25, 30)
 PAPER = (252, 252, 248)
@@ -78,7 +79,8 @@ def line_questions(doc: TextImage, rng: random.Random) -> list[QA]:
 
 def sign(rng: random.Random, split: Split) -> TextImage:
     """One word, sometimes with a number ("LAKE 7"), in large letters: the sign grows to fit the text."""
-    text = rng.choice(split.words).upper() + (f" {rng.randint(1, 99)}" if rng.random() < 0.3 else "")
+    word = made_up_word(rng) if split.made_up_words and rng.random() < 0.5 else rng.choice(split.words)
+    text = word.upper() + (f" {rng.randint(1, 99)}" if rng.random() < 0.3 else "")
     size = rng.choice([24, 28])
     width, height = max(128, math.ceil(font(size).getlength(text)) + 40), rng.choice([80, 96, 112])
     colour = rng.choice(list(COLOURS))
@@ -163,7 +165,7 @@ KINDS = {"sign": sign, "receipt": receipt, "page": page}
 
 
 def sample(rng: random.Random, split: Split) -> TextImage:
-    """A text-rich image; most carry small text, a fifth are large-text signs."""
-    doc = KINDS[rng.choices(list(KINDS), weights=(1, 2, 2))[0]](rng, split)
+    """A text-rich image: half are large-text signs (where reading single words is learnt), half small text."""
+    doc = KINDS[rng.choices(list(KINDS), weights=(2, 1, 1))[0]](rng, split)
     rng.shuffle(doc.qa)
     return doc

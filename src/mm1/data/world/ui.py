@@ -89,7 +89,8 @@ def questions(rng: random.Random, title: str, elements: list[Element]) -> list[Q
     button, any_element = rng.choice(buttons), rng.choice(elements)
     qa = [QA(f"Where is the {button.text} button? Answer with a bounding box.", box_to_text(button.box, size),
              "find", "ui"),
-          QA(f"Where do I tap to press the {button.text} button?", point_to_text(button.centre, size), "tap", "ui"),
+          QA(f"Where do I tap to press the {button.text} button?", point_to_text(button.centre, size), "tap", "ui",
+             box=button.box),
           QA(f"What does the button at {box_to_text(button.box, size)} say?", button.text, "read", "ui"),
           QA(f"What kind of element is at {point_to_text(any_element.centre, size)}?", any_element.kind, "classify",
              "ui"),
@@ -103,6 +104,6 @@ def questions(rng: random.Random, title: str, elements: list[Element]) -> list[Q
         state = "on" if toggle.on else "off"
         qa += [QA(f"Is the {toggle.text} switch on or off?", state, "state", "ui", options=("on", "off")),
                QA(f"Where do I tap to switch {toggle.text} {'off' if toggle.on else 'on'}?",
-                  point_to_text(toggle.centre, size), "tap", "ui")]
+                  point_to_text(toggle.centre, size), "tap", "ui", box=toggle.box)]
     rng.shuffle(qa)
     return qa
