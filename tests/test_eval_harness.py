@@ -141,11 +141,13 @@ def test_jsonl_box_is_the_region_a_grounding_answer_must_hit(tmp_path):
     width, height = Image.open(tmp_path / "ui.png").size
     lines = [{"image": "ui.png", "question": "Where do I tap?", "answer": "[500, 500]", "box": [2, 3, 10, 12]},
              {"image": "ui.png", "question": "Where?", "answer": "[1, 1]", "box": [2, 3]},
-             {"image": "ui.png", "question": "Where?", "answer": "[1, 1]", "box": [0, 0, width + 5, 4]}]
+             {"image": "ui.png", "question": "Where?", "answer": "[1, 1]", "box": [0, 0, width + 5, 4]},
+             {"image": "ui.png", "question": "Where?", "answer": "[1, 1]", "box": [2, "3", 10, 12]}]
     (tmp_path / "ui.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     read = read_annotations("jsonl", tmp_path / "ui.jsonl")
     assert [(s.box, s.size) for s in read.samples] == [((2.0, 3.0, 10.0, 12.0), (width, height))]
-    assert _reasons(read) == [("ui.jsonl", "line 2", "wrong type"), ("ui.jsonl", "line 3", "bad box")]
+    assert _reasons(read) == [("ui.jsonl", "line 2", "wrong type"), ("ui.jsonl", "line 3", "bad box"),
+                              ("ui.jsonl", "line 4", "wrong type")]
 
 
 def test_numbered_images_name_each_image_as_multi_image_data_does():

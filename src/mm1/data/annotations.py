@@ -249,10 +249,14 @@ def _bbox(item: dict, size: tuple[int, int]) -> tuple[float, float, float, float
     return float(x), float(y), float(min(x + w, size[0])), float(min(y + h, size[1]))
 
 
+def _image_size(file: str) -> tuple[int, int]:
+    with Image.open(file) as image:  # reads the header only
+        return image.size
+
+
 def _ref_region(item: dict, images: Path) -> tuple[str, tuple[int, int], tuple, list]:
     file = _image(images, item.get("image"))
-    with Image.open(file) as image:  # reads the header only
-        size = image.size
+    size = _image_size(file)
     sentences = item.get("sentences")
     if not isinstance(sentences, list) or not sentences:
         raise BadRecord("wrong type", f"sentences must be a non-empty list, got {_show(sentences)}")
@@ -322,10 +326,10 @@ def _jsonl_sample(item: dict, index: int, images: Path) -> Sample:
     if "box" in item:  # a region the answer must hit (a point inside it, or a box overlapping it): UI grounding
         if len(files) != 1:
             raise BadRecord("wrong type", "box needs exactly one image (its pixels are the box's frame)")
-        with Image.open(files[0]) as image:  # reads the header only
-            size = image.size
+        size = _image_size(files[0])
         corners = item["box"]
-        if not isinstance(corners, list) or len(corners) != 4:
+        if (not isinstance(corners, list) or len(corners) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in corners)):
             raise BadRecord("wrong type", f"box must be 4 numbers [x1, y1, x2, y2], got {_show(corners)}")
         box = _bbox({"bbox": [corners[0], corners[1], corners[2] - corners[0], corners[3] - corners[1]]}, size)
     sid = str(_ident(item, "id")) if "id" in item else str(index)

@@ -143,4 +143,3 @@ class StageData:
         if self.packer is not None:
             self.packer.load_state_dict(state["packer"])
         self.samples = self._fitted_samples()
-

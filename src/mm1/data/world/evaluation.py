@@ -87,8 +87,7 @@ def _video(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict
 def _ui(rng: random.Random, split: Split, media: Media, i: int) -> tuple[dict, QA]:
     """UI grounding: where to tap to press a button (right when the point lands in the button)."""
     image, qa = ui.screen(rng, split)
-    tap = next(q for q in qa if q.task == "tap" and q.question.startswith("Where do I tap to press"))
-    return {"image": media.image(image, f"images/ui/{i:06d}.png")}, tap
+    return {"image": media.image(image, f"images/ui/{i:06d}.png")}, next(q for q in qa if q.task == "tap")
 
 
 TASKS = {"ocr": _ocr, "text_rich": _text_rich, "multi_image": _multi_image, "video": _video, "ui": _ui}

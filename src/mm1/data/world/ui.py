@@ -104,6 +104,6 @@ def questions(rng: random.Random, title: str, elements: list[Element]) -> list[Q
         state = "on" if toggle.on else "off"
         qa += [QA(f"Is the {toggle.text} switch on or off?", state, "state", "ui", options=("on", "off")),
                QA(f"Where do I tap to switch {toggle.text} {'off' if toggle.on else 'on'}?",
-                  point_to_text(toggle.centre, size), "tap", "ui", box=toggle.box)]
+                  point_to_text(toggle.centre, size), "tap-switch", "ui", box=toggle.box)]
     rng.shuffle(qa)
     return qa
