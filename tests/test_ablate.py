@@ -9,12 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from conftest import TINY
 from mm1.ablate import Expect, arm_stats, check, load_spec, plan, run_ablations, select
 from mm1.cli import build_parser
 from mm1.config import ConfigError, load_config
+from mm1.train.trainer import Trainer
 
 ROOT = Path(__file__).parent.parent
 TASKS = ROOT / "recipes" / "tasks"
@@ -189,3 +192,19 @@ def test_toy_ablation_end_to_end_and_resume(tmp_path):
     again = run_ablations(spec, out, quick=True, seeds=[0, 1], log=lines.append)
     assert "6 already done" in lines[0] and not any(line.startswith("[") for line in lines)
     assert json.dumps(again["studies"]) == json.dumps(results["studies"])
+
+
+def test_arms_that_differ_only_later_train_their_common_stages_once(tmp_path):
+    """Two arms that differ only in the CPT stage share pre-training: it trains once, is copied into the other
+    run, and the copy is what training it there would have given (so sharing changes no number)."""
+    arms = [{"name": "lr-1e-3", "set": {"stages.cpt.lr": 1e-3}}, {"name": "lr-1e-4", "set": {"stages.cpt.lr": 1e-4}}]
+    spec = write_spec(tmp_path, [study("cpt-lr", arms, stages=("pretrain", "cpt"))])
+    out, lines = tmp_path / "out", []
+    results = run_ablations(spec, out, quick=True, seeds=[0], log=lines.append)
+    first, second = (Path(results["studies"]["cpt-lr"]["arms"][a["name"]]["runs"][0]) for a in arms)
+    assert [line for line in lines if "copied" in line] == [f"  stage pretrain: the same as in {first}, copied"]
+    assert not (second / "pretrain" / "checkpoints").exists() and (second / "cpt" / "model").is_dir()
+    alone = load_config(second / "config.yaml", [f"run_dir={tmp_path / 'alone'}"])
+    Trainer(alone, log=lambda _: None, progress=False).run()
+    shared, trained = (load_file(run / "pretrain" / "model" / "model.safetensors") for run in (second, tmp_path / "alone"))
+    assert shared.keys() == trained.keys() and all(torch.equal(shared[k], trained[k]) for k in shared)

@@ -100,6 +100,16 @@ def test_variants_append_one_stage_to_their_base():
     assert {s.options["video_frames"] for s in video.data} == {24} and video.seq_len >= 24 * 144
 
 
+def test_the_long_mode_is_the_default_trained_longer_on_the_same_world():
+    long, default = load_config(RECIPES / "tiny-long.yaml"), load_config(RECIPES / "tiny.yaml")
+    assert long.model == default.model and long.world_dir() == default.world_dir() == Path("runs/tiny/world")
+    assert long.run_dir != default.run_dir
+    for ours, theirs in zip(long.stages, default.stages, strict=True):
+        assert (ours.name, ours.data, ours.lr, ours.batch_size, ours.seq_len, ours.image) == \
+               (theirs.name, theirs.data, theirs.lr, theirs.batch_size, theirs.seq_len, theirs.image)
+        assert ours.steps >= 1.5 * theirs.steps
+        assert ours.eval is None or (ours.eval.limit is None and ours.eval.tasks == theirs.eval.tasks)
+
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import re
 import tarfile
 from collections import defaultdict
@@ -18,10 +19,11 @@ from PIL import Image
 
 from mm1.cli import main
 from mm1.data.coords import from_bins, parse_regions, text_to_box, text_to_point
-from mm1.data.world import generate
+from mm1.data.world import ensure, generate
 from mm1.data.world.base import COLOURS, HELD_OUT_PAIRS, HELD_OUT_WORDS, HELDOUT, SHAPES, TRAIN, TRAIN_PAIRS
 from mm1.data.world import ui
 from mm1.data.world.conversations import CATEGORIES
+from mm1.data.world.documents import QUIZ_ANSWER_STYLES, quiz
 from mm1.data.world.video import FRAMES
 
 SEED = 7
@@ -131,7 +133,41 @@ def test_training_signs_include_made_up_words_and_documents_include_quizzes(worl
     assert not [w for w in made_up for held in HELDOUT.words if held in w]
     texts = pq.read_table(world / "interleaved" / "train.parquet").column("texts").to_pylist()
     quizzes = [row for row in texts if any(t and t.startswith("Question: ") for t in row)]
-    assert quizzes and all(re.fullmatch(r"Question: .+\? Answer: .+", t) for row in quizzes for t in row[2::2])
+    after_images = [row[i] for row in quizzes for i in range(1, len(row)) if row[i - 1] is None]
+    assert after_images and all(re.fullmatch(r"Question: .+\? Answer: .+", t) for t in after_images)
+
+
+def test_quiz_answers_keep_one_style_per_document_and_reach_eight_shot_length():
+    """The format-following signal few-shot evaluation relies on: a worksheet answers in one style throughout, every
+    style occurs, worksheets start with a title or, as a 0-shot prompt does, with a picture, and are as long as an
+    8-shot prompt (9 pictures)."""
+    patterns = [re.escape(style).replace(r"\{\}", ".+") for style in QUIZ_ANSWER_STYLES]
+    rng = random.Random(0)
+    styles, lengths, titled = set(), set(), set()
+    for _ in range(300):
+        doc = quiz(rng, TRAIN)
+        start = int(isinstance(doc[0], str))  # 1 after a title
+        titled.add(start == 1)
+        answers = [t.split(" Answer: ", 1)[1] for t in doc[start + 1::2]]
+        # the bare style matches anything: an answer's style is the most specific one that matches
+        used = {max(i for i, pattern in enumerate(patterns) if re.fullmatch(pattern, answer)) for answer in answers}
+        assert len(used) == 1, answers
+        styles |= used
+        lengths.add(len(doc[start::2]))
+    assert styles == set(range(len(QUIZ_ANSWER_STYLES))) and lengths == set(range(2, 10)) and titled == {True, False}
+
+
+def test_an_existing_world_is_used_only_when_it_is_the_one_asked_for(world, tmp_path):
+    lines = []
+    assert ensure(world, SEED, "small", log=lines.append) == world and not lines
+    with pytest.raises(ValueError, match=r"another world: size 'small' \(wanted 'default'\)"):
+        ensure(world, SEED, "default")
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    manifest = json.loads((world / "world.json").read_text())
+    (stale / "world.json").write_text(json.dumps({**manifest, "version": 1, "seed": SEED + 1}))
+    with pytest.raises(ValueError, match=rf"seed {SEED + 1} \(wanted {SEED}\), version 1 \(wanted 2\)"):
+        ensure(stale, SEED, "small")
 
 
 def side_text(world: Path, split: str) -> str:

@@ -5,11 +5,13 @@ stages with fixed step counts and evaluates the last stage's model; its arms dif
 overrides `mm1 train --set` takes (stages and sources addressed by name, `null` removes one), and may leave stages
 out (continual pre-training off).  Each arm x seed trains in-process with `Trainer` and is scored with `evaluate`.
 
-Shared across arms, so that they differ only in what is ablated: the world (the base recipe's own,
-`<recipe run_dir>/world`, the demo's; written like the demo writes it when missing) and the tokenizer (trained once
+Shared across arms, so that they differ only in what is ablated: the world (the base recipe's `world:`
+folder, the demo's; written when missing, as the demo does) and the tokenizer (trained once
 on the whole base recipe's text into `<out>/tokenizer`; otherwise a captions-only arm would get its own vocabulary).
 An arm's run directory is `<out>/runs/<hash of its resolved config>-s<seed>`, so an arm that several studies share
-(the baseline) trains once per seed, and a rerun skips every evaluation whose summary exists.
+(the baseline) trains once per seed, and a rerun skips every evaluation whose summary exists.  Leading stages that
+runs have in common (the same config up to that stage and the same seed: the contrastive encoder of arms that
+differ only in pre-training) train once and are copied into the others.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from mm1.config import ConfigError, EvalConfig, MM1Config, _format_errors, _strict, load_config, to_dict
+from mm1.data.world import ensure as ensure_world
 
 Log = Callable[[str], None]
 
@@ -192,7 +196,7 @@ def plan(spec: AblationSpec, source: str, out: Path, quick: bool, tokenizer: Pat
         if missing:
             raise ConfigError(f"{source}: studies.{i}.stages: {sorted(missing)} not in {spec.recipe} "
                               f"(stages {recipe_stages})")
-        evaluation = study_eval(study, quick, world_dir(base))
+        evaluation = study_eval(study, quick, base.world_dir())
         check_metrics(study, evaluation, f"{source}: studies.{i}.expect")
         for arm in study.arms:
             try:
@@ -235,25 +239,6 @@ def check_compute(runs: list[ArmRun], source: str) -> None:
 
 
 # ---- running --------------------------------------------------------------------------------------------------
-def world_dir(base: MM1Config) -> Path:
-    return Path(base.run_dir) / "world"  # where the demo writes the world and the recipe's paths point
-
-
-def ensure_world(base: MM1Config, size: str, log: Log) -> Path:
-    from mm1.data.world import generate
-
-    world = world_dir(base)
-    manifest = world / "world.json"
-    if not manifest.is_file():
-        log(f"writing the synthetic world ({size}) to {world} ...")
-        generate(world, base.seed, size)
-    found = json.loads(manifest.read_text())["size"]
-    if found != size:
-        raise ConfigError(f"{world} holds a {found!r} world but the spec's world_size is {size!r}: remove the "
-                          "folder (it is written again) or change world_size")
-    return world
-
-
 def ensure_tokenizer(base: MM1Config, out: Path) -> Path:
     """The base recipe's tokenizer, trained as `Trainer` trains it, in `<out>/tokenizer`."""
     from mm1.train.trainer import Trainer
@@ -277,6 +262,34 @@ def train_and_evaluate(group: list[ArmRun]) -> None:
         evaluate(model, **to_dict(run.eval), out_dir=run.summary.parent, model_name=str(final), log=None)
 
 
+def stage_keys(cfg: MM1Config) -> list[str]:
+    """Per stage, a digest of what its exported model depends on: the config but the run directory, with the stages
+    up to that one.  Two runs of an ablation (one shared tokenizer) with equal keys train that stage identically."""
+    tree = {key: value for key, value in to_dict(cfg).items() if key != "run_dir"}
+    return [digest(tree | {"stages": tree["stages"][:k + 1]}) for k in range(len(cfg.stages))]
+
+
+def finished_stages(cfgs: list[MM1Config]) -> dict[str, Path]:
+    """Stage key -> a finished stage folder with that key, among the given runs."""
+    return {key: Path(cfg.run_dir) / stage.name for cfg in cfgs
+            for key, stage in zip(stage_keys(cfg), cfg.stages)
+            if (Path(cfg.run_dir) / stage.name / "model" / "model.safetensors").is_file()}
+
+
+def share_stages(cfg: MM1Config, finished: dict[str, Path], log: Log) -> None:
+    """Copy in the leading stages another run has already trained the same way (the contrastive encoder and
+    pre-training that arms differing only later have in common), so each trains once per seed."""
+    for key, stage in zip(stage_keys(cfg), cfg.stages):
+        target = Path(cfg.run_dir) / stage.name
+        if (target / "model" / "model.safetensors").is_file():
+            continue
+        if key not in finished:
+            return  # this stage trains, and so does every later one (they start from it)
+        shutil.rmtree(target, ignore_errors=True)  # an interrupted attempt at this stage
+        shutil.copytree(finished[key], target, ignore=shutil.ignore_patterns("checkpoints"))
+        log(f"  stage {stage.name}: the same as in {finished[key].parent}, copied")
+
+
 def run_all(runs: list[ArmRun], log: Log) -> None:
     """Train and evaluate every run whose evaluations are not all written, seed by seed, with progress lines."""
     groups: dict[Path, list[ArmRun]] = {}
@@ -289,6 +302,7 @@ def run_all(runs: list[ArmRun], log: Log) -> None:
         names = ", ".join(sorted({f"{run.study}/{run.arm}" for run in group}))
         log(f"[{done + 1}/{len(todo)}] {names} seed {group[0].seed} -> {group[0].run_dir}")
         t0 = time.perf_counter()
+        share_stages(group[0].cfg, finished_stages([other[0].cfg for other in groups.values()]), log)
         train_and_evaluate(group)
         elapsed = time.perf_counter() - start
         eta = elapsed / (done + 1) * (len(todo) - done - 1)
@@ -395,7 +409,7 @@ def run_ablations(spec_path: str | Path, out: str | Path | None = None, quick: b
     spec = select(load_spec(spec_path), studies, seeds)
     out = Path(out or ("runs/ablate-quick" if quick else "runs/ablate"))
     base = load_config(spec.recipe)
-    ensure_world(base, spec.world_size, log)
+    ensure_world(base.world_dir(), base.seed, spec.world_size, log)
     runs = plan(spec, str(spec_path), out, quick, ensure_tokenizer(base, out))
     run_all(runs, log)
     results = {"spec": str(spec_path), "recipe": spec.recipe, "quick": quick, "seeds": spec.seeds,

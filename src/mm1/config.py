@@ -267,6 +267,12 @@ class MM1Config:
     tensorboard: bool = False
     seed: int = 0
     run_dir: str = "runs/default"
+    # The synthetic world a recipe's data paths point into: `mm1 demo` and `mm1 ablate` write it there when it is
+    # missing.  None: <run_dir>/world.
+    world: Optional[str] = None
+
+    def world_dir(self) -> Path:
+        return Path(self.world) if self.world else Path(self.run_dir) / "world"
 
     def __post_init__(self):
         names = [s.name for s in self.stages]

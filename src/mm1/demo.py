@@ -1,7 +1,7 @@
 """The embedded default, end to end: synthesise the world, train the recipe's stages, evaluate, report, answer.
 
 Everything is generated here, so it runs on a fresh machine with no downloads.  The recipe's data paths point into
-`<run_dir>/world`, where the world is written when it is not there yet.
+its world folder (`world:`, default `<run_dir>/world`), where the world is written when it is not there yet.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 
 from mm1.config import MM1Config
 from mm1.data.coords import box_to_text, draw_regions, parse_regions
-from mm1.data.world import generate
+from mm1.data.world import ensure as ensure_world
 from mm1.model.mllm import MM1Model
 from mm1.train.trainer import Trainer
 
@@ -79,11 +79,7 @@ def write_report(cfg: MM1Config, run_dir: Path, scores: dict[str, dict[str, floa
 def run_demo(cfg: MM1Config, world_size: str = "default", log: Callable[[str], None] = print) -> dict:
     start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    world = run_dir / "world"
-    if not (world / "world.json").is_file():
-        log(f"writing the synthetic world to {world} ...")
-        counts = generate(world, cfg.seed, world_size)
-        log(f"  {sum(counts.values())} items")
+    world = ensure_world(cfg.world_dir(), cfg.seed, world_size, log)
     final = Trainer(cfg, log=log).run()
     scores = {stage.name: row["eval"] for stage in cfg.stages
               for row in stage_rows(run_dir, stage.name)[-1:] if "eval" in row}

@@ -43,8 +43,10 @@ FORMATS (paths relative to DIR; KEY = 9-digit zero-padded running index within a
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from mm1.data.world.base import (COLOURS, HELD_OUT_PAIRS, HELD_OUT_WORDS, HELDOUT, SHAPES, SUPPORT, TRAIN,
                                  TRAIN_PAIRS, TRAIN_WORDS)
@@ -54,7 +56,9 @@ from mm1.data.world.pretraining import (write_captions, write_interleaved, write
                                         write_text)
 from mm1.data.world.writers import write_json
 
-__all__ = ["SIZES", "Size", "generate"]
+__all__ = ["SIZES", "Size", "VERSION", "ensure", "generate"]
+
+VERSION = 2  # of the generator: raised whenever the same seed and size would write different data
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def generate(out_dir: str | Path, seed: int = 0, size: str = "default", shard_si
     for folder, split, items in (("eval", HELDOUT, plan.eval), ("eval/support", SUPPORT, plan.support)):
         counts |= {f"{folder}/{task}": k for task, k in write_eval(out / folder, split, seed, items).items()}
     write_json(out / "world.json", {
-        "seed": seed, "size": size, "size_plan": asdict(plan), "shard_size": per_shard, "counts": counts,
+        "seed": seed, "size": size, "version": VERSION, "size_plan": asdict(plan), "shard_size": per_shard, "counts": counts,
         "sft_categories": categories, "colours": list(COLOURS), "shapes": list(SHAPES),
         "train": {"colour_shape": [list(p) for p in TRAIN_PAIRS], "words": list(TRAIN_WORDS)},
         "held_out": {"colour_shape": [list(p) for p in HELD_OUT_PAIRS], "words": list(HELD_OUT_WORDS)},
@@ -111,3 +115,20 @@ def generate(out_dir: str | Path, seed: int = 0, size: str = "default", shard_si
                         "train, heldout (held-out data and eval/), support (eval/support/)",
     }, indent=1)
     return counts
+
+
+def ensure(out_dir: str | Path, seed: int = 0, size: str = "default", log: Callable[[str], None] = print) -> Path:
+    """The world in `out_dir`, written when missing.  One already there must match the seed, size and generator
+    version asked for: training on another silently would give other numbers than the ones reported."""
+    out = Path(out_dir)
+    manifest = out / "world.json"
+    if not manifest.is_file():
+        log(f"writing the synthetic world ({size}, seed {seed}) to {out} ...")
+        log(f"  {sum(generate(out, seed, size).values())} items")
+        return out
+    found = json.loads(manifest.read_text())
+    wanted = {"seed": seed, "size": size, "version": VERSION}
+    differ = [f"{key} {found.get(key)!r} (wanted {value!r})" for key, value in wanted.items() if found.get(key) != value]
+    if differ:
+        raise ValueError(f"{out} holds another world: {', '.join(differ)}; remove the folder and it is written again")
+    return out

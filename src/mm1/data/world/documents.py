@@ -126,14 +126,24 @@ def reading(rng: random.Random, split: Split) -> Doc:
     return [intro, doc.image, phrase.format(next(q.answer for q in doc.qa if q.task == task))]
 
 
+# How a worksheet writes its answers: one style per document, as web pages differ, and mostly in sentences.  A
+# benchmark wants the bare answer, which a 0-shot prompt ("Question: ... Answer:") does not ask for and a few-shot
+# prompt's examples show: the format-following that MM1's base models get from in-context examples.
+QUIZ_ANSWER_STYLES = ("{}", "The answer is {}.", "I think it is {}.")
+QUIZ_LENGTH = (2, 9)  # pictures per worksheet: an 8-shot prompt (9 images) is as long as the longest
+
+
 def quiz(rng: random.Random, split: Split) -> Doc:
     """A picture worksheet: images each followed by a question and its answer.  Web documents like it are where a
     base model meets the question-answer pattern that few-shot prompts rely on."""
-    doc: Doc = [rng.choice(["A picture quiz.", "Worksheet: look at each picture and answer.", "Practice questions."])]
-    for _ in range(rng.randint(2, 4)):
+    doc: Doc = []
+    if rng.random() < 0.5:  # half start with a title, half with the first picture, as a 0-shot prompt does
+        doc.append(rng.choice(["A picture quiz.", "Worksheet: look at each picture and answer.", "Practice questions."]))
+    style = rng.choice(QUIZ_ANSWER_STYLES)
+    for _ in range(rng.randint(*QUIZ_LENGTH)):
         scene = sample_scene(rng, split)
         qa = rng.choice(questions(scene, rng, split))
-        doc += [render(scene), f"Question: {qa.question} Answer: {qa.answer}"]
+        doc += [render(scene), f"Question: {qa.question} Answer: {style.format(qa.answer)}"]
     return doc
 
 
