@@ -107,7 +107,8 @@ def generate(out_dir: str | Path, seed: int = 0, size: str = "default", shard_si
     for folder, split, items in (("eval", HELDOUT, plan.eval), ("eval/support", SUPPORT, plan.support)):
         counts |= {f"{folder}/{task}": k for task, k in write_eval(out / folder, split, seed, items).items()}
     write_json(out / "world.json", {
-        "seed": seed, "size": size, "version": VERSION, "size_plan": asdict(plan), "shard_size": per_shard, "counts": counts,
+        "seed": seed, "size": size, "version": VERSION, "size_plan": asdict(plan), "shard_size": per_shard,
+        "counts": counts,
         "sft_categories": categories, "colours": list(COLOURS), "shapes": list(SHAPES),
         "train": {"colour_shape": [list(p) for p in TRAIN_PAIRS], "words": list(TRAIN_WORDS)},
         "held_out": {"colour_shape": [list(p) for p in HELD_OUT_PAIRS], "words": list(HELD_OUT_WORDS)},
@@ -128,7 +129,8 @@ def ensure(out_dir: str | Path, seed: int = 0, size: str = "default", log: Calla
         return out
     found = json.loads(manifest.read_text())
     wanted = {"seed": seed, "size": size, "version": VERSION}
-    differ = [f"{key} {found.get(key)!r} (wanted {value!r})" for key, value in wanted.items() if found.get(key) != value]
+    differ = [f"{key} {found.get(key)!r} (wanted {value!r})" for key, value in wanted.items()
+              if found.get(key) != value]
     if differ:
         raise ValueError(f"{out} holds another world: {', '.join(differ)}; remove the folder and it is written again")
     return out

@@ -130,6 +130,7 @@ def reading(rng: random.Random, split: Split) -> Doc:
 # benchmark wants the bare answer, which a 0-shot prompt ("Question: ... Answer:") does not ask for and a few-shot
 # prompt's examples show: the format-following that MM1's base models get from in-context examples.
 QUIZ_ANSWER_STYLES = ("{}", "The answer is {}.", "I think it is {}.")
+QUIZ_TITLES = ("A picture quiz.", "Worksheet: look at each picture and answer.", "Practice questions.")
 QUIZ_LENGTH = (2, 9)  # pictures per worksheet: an 8-shot prompt (9 images) is as long as the longest
 
 
@@ -138,7 +139,7 @@ def quiz(rng: random.Random, split: Split) -> Doc:
     base model meets the question-answer pattern that few-shot prompts rely on."""
     doc: Doc = []
     if rng.random() < 0.5:  # half start with a title, half with the first picture, as a 0-shot prompt does
-        doc.append(rng.choice(["A picture quiz.", "Worksheet: look at each picture and answer.", "Practice questions."]))
+        doc.append(rng.choice(QUIZ_TITLES))
     style = rng.choice(QUIZ_ANSWER_STYLES)
     for _ in range(rng.randint(*QUIZ_LENGTH)):
         scene = sample_scene(rng, split)
