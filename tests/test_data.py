@@ -13,7 +13,7 @@ from conftest import image, png, tiny_model, write_shard
 from mm1.config import SourceConfig, StageConfig
 from mm1.data.mixture import Mixture, StageData, encode_record
 from mm1.data.packing import Packer, fit
-from mm1.data.readers import SkipStats, open_reader, validate
+from mm1.data.readers import Record, SkipStats, open_reader, validate
 
 
 @pytest.fixture
@@ -197,6 +197,8 @@ def test_truncation_never_cuts_image_tokens(model):
     cut = fit(sample, 20, model.image_token_id, stats)
     assert len(cut.input_ids) == 20 and sum(t == model.image_token_id for t in cut.input_ids) == 4
     assert stats.truncated == 1 and stats.skipped == 0 and "1 truncated" in stats.report()
-    late = model.processor.encode_text(" word" * 30 + "<image>", [image()])
+    record = Record(source="docs.jsonl", key="7", text=" word" * 30 + "<image>", images=[image()])
+    late = encode_record(model.processor, record)
     assert fit(late, 20, model.image_token_id, stats) is None
     assert stats.counts["image tokens reach past seq_len=20"] == 1
+    assert stats.examples["image tokens reach past seq_len=20"] == [f"docs.jsonl:7 ({len(late.input_ids)} tokens)"]

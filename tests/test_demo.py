@@ -30,6 +30,8 @@ def test_demo_runs_every_step(tmp_path):
     for stage in ("encoder", "pretrain", "cpt", "sft"):
         assert f"| {stage} | 2 |" in report and (run / stage / "loss.png").is_file()
     assert (run / "scores.png").is_file() and (run / "answer.png").is_file()
+    assert set(summary["probes"]) == {"encoder", "pretrain", "cpt", "sft"}
+    assert "## What the image tokens carry" in report and "| shape | " in report
     assert summary["example"]["question"].startswith("Where is ") and summary["example"]["truth"].startswith("[")
     assert json.loads((run / "summary.json").read_text())["model"] == str(run / "sft" / "model")
     # Training never reads the held-out split: every file behind every source is a training file.

@@ -121,6 +121,21 @@ def cmd_eval(args) -> None:
     print(f"wrote {out}/report.md, summary.json, scores.png and predictions/")
 
 
+def cmd_probe(args) -> None:
+    import json
+
+    from mm1.eval.probe import format_probe, probe
+    from mm1.serve import load_model
+
+    result = probe(load_model(args.model), args.fit, args.test, args.seed)
+    print(format_probe(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"model": args.model, "fit": args.fit, "test": args.test, "seed": args.seed,
+                       "probes": result}, f, indent=1)
+        print(f"wrote {args.out}")
+
+
 def cmd_plan(args) -> None:
     from mm1.plan import format_plan, plan, to_json
 
@@ -214,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/eval/<model directory name>)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("probe", help="linear probes: which scene attributes the image tokens carry (held-out pairs)")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("--fit", type=int, default=600, help="one-object scenes of the training pairs to fit on")
+    p.add_argument("--test", type=int, default=300, help="one-object scenes of the held-out pairs to score")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the accuracies to this JSON file")
+    p.set_defaults(func=cmd_probe)
     p = sub.add_parser("plan", help="parameters, memory per GPU, FLOPs and time per step of a recipe (no GPU needed)")
     add_config_args(p)
     p.add_argument("--gpus", type=int, required=True, help="processes (GPUs) the recipe runs on")

@@ -14,6 +14,7 @@ from typing import Callable
 from mm1.config import MM1Config
 from mm1.data.coords import box_to_text, draw_regions, parse_regions
 from mm1.data.world import ensure as ensure_world
+from mm1.eval.probe import probe
 from mm1.model.mllm import MM1Model
 from mm1.train.trainer import Trainer
 
@@ -38,6 +39,25 @@ def answer_grounding_question(model: MM1Model, world: Path, out_png: Path) -> di
             "drawn": str(out_png)}
 
 
+def probe_stages(cfg: MM1Config, run_dir: Path) -> dict[str, dict]:
+    """Linear probes of each stage's model (eval/probe.py): which attributes its image tokens carry."""
+    return {stage.name: probe(MM1Model.from_pretrained(run_dir / stage.name / "model")) for stage in cfg.stages}
+
+
+def probe_lines(probes: dict[str, dict]) -> list[str]:
+    stages = list(probes)
+    attributes = probes[stages[0]]
+    lines = ["## What the image tokens carry", "",
+             "Linear probes fitted on one-object scenes of the training pairs, scored on the held-out pairs (`mm1 "
+             "probe`): encoder features / image tokens. An attribute the tokens do not carry cannot be answered; "
+             "one they carry but the answers miss is the LLM's to learn.", "",
+             "| attribute | majority class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
+    for name in attributes:
+        cells = [f"{probes[s][name]['encoder']:.2f} / {probes[s][name]['connector']:.2f}" for s in stages]
+        lines.append(f"| {name} | {attributes[name]['majority']:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def plot_scores(rows: dict[str, dict[str, float]], out: Path) -> None:
     import matplotlib
 
@@ -54,8 +74,8 @@ def plot_scores(rows: dict[str, dict[str, float]], out: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: MM1Config, run_dir: Path, scores: dict[str, dict[str, float]], example: dict,
-                 seconds: float) -> Path:
+def write_report(cfg: MM1Config, run_dir: Path, scores: dict[str, dict[str, float]], probes: dict[str, dict],
+                 example: dict, seconds: float) -> Path:
     lines = [f"# mm1 demo report ({cfg.run_dir})", "",
              f"Wall time {seconds / 60:.1f} min. Recipe stages, each from the previous stage's model:", "",
              "| stage | steps | final loss | tokens/s | skipped records |", "|---|---|---|---|---|"]
@@ -68,7 +88,7 @@ def write_report(cfg: MM1Config, run_dir: Path, scores: dict[str, dict[str, floa
               "| after stage | task | score |", "|---|---|---|"]
     for stage, stage_scores in scores.items():
         lines += [f"| {stage} | {task} | {value:.3f} |" for task, value in stage_scores.items()]
-    lines += ["", "![scores](scores.png)", "", "## One held-out question", "",
+    lines += ["", "![scores](scores.png)", "", *probe_lines(probes), "## One held-out question", "",
               f"Q: {example['question']}  ", f"A: `{example['answer']}` (truth: `{example['truth']}`)", "",
               "![answer](answer.png)", ""]
     path = run_dir / "report.md"
@@ -86,8 +106,9 @@ def run_demo(cfg: MM1Config, world_size: str = "default", log: Callable[[str], N
     plot_scores(scores, run_dir / "scores.png")
     example = answer_grounding_question(MM1Model.from_pretrained(final), world, run_dir / "answer.png")
     log(f"held-out question: {example['question']}\n  answer: {example['answer']} -> {example['drawn']}")
-    report = write_report(cfg, run_dir, scores, example, time.perf_counter() - start)
-    summary = {"model": str(final), "scores": scores, "example": example, "report": str(report),
+    probes = probe_stages(cfg, run_dir)
+    report = write_report(cfg, run_dir, scores, probes, example, time.perf_counter() - start)
+    summary = {"model": str(final), "scores": scores, "probes": probes, "example": example, "report": str(report),
                "minutes": (time.perf_counter() - start) / 60}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"report: {report}")

@@ -8,6 +8,7 @@ open sequences, so a resumed run yields the same batches as an uninterrupted one
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, Iterator
 
@@ -60,8 +61,10 @@ def too_many_skips(what: str, stats: SkipStats) -> ValueError:
 
 def encode_record(processor: Processor, record: Record) -> Encoded:
     if record.messages is not None:
-        return processor.encode_chat(record.messages, record.images)
-    return processor.encode_text(record.text, record.images)
+        encoded = processor.encode_chat(record.messages, record.images)
+    else:
+        encoded = processor.encode_text(record.text, record.images)
+    return dataclasses.replace(encoded, origin=f"{record.source}:{record.key}")
 
 
 class Mixture:

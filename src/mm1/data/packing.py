@@ -7,6 +7,7 @@ so the loss of a packed batch equals the loss of the same samples unpacked.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,16 +22,17 @@ def fit(sample: Encoded, seq_len: int, image_token_id: int, stats: SkipStats) ->
     n = len(sample.input_ids)
     if n <= seq_len:
         return sample
+    where = f"{sample.origin or 'sample'} ({n} tokens)"
     last_image = max((i for i, t in enumerate(sample.input_ids) if t == image_token_id), default=-1)
     if last_image >= seq_len:
-        stats.skip(f"image tokens reach past seq_len={seq_len}", f"sample of {n} tokens")
+        stats.skip(f"image tokens reach past seq_len={seq_len}", where)
         return None
     labels = sample.labels[:seq_len]
     if all(label == IGNORE_INDEX for label in labels[1:]):
-        stats.skip(f"no target tokens left within seq_len={seq_len}", f"sample of {n} tokens")
+        stats.skip(f"no target tokens left within seq_len={seq_len}", where)
         return None
     stats.truncated += 1
-    return Encoded(sample.input_ids[:seq_len], labels, sample.pixel_values, sample.num_images)
+    return dataclasses.replace(sample, input_ids=sample.input_ids[:seq_len], labels=labels)
 
 
 @dataclass

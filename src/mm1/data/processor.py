@@ -28,6 +28,7 @@ class Encoded:
     labels: list[int]
     pixel_values: torch.Tensor | None  # (views, 3, S, S) for all images of the sample, in order
     num_images: int = 0
+    origin: str = ""  # "file:record" it was read from, so a sample dropped later is named
 
 
 def flatten_content(content: str | list[dict]) -> str:
