@@ -17,6 +17,7 @@ from mm1.data.annotations import Sample, read_annotations
 from mm1.data.tokenizer import IMAGE_TOKEN, build_tokenizer
 from mm1.eval import evaluate
 from mm1.eval.fewshot import build_prompt, draw_support, encode, resolve_mode
+from mm1.eval.harness import same_answer_shares
 from mm1.eval.lmms_adapter import MM1Requests, cut_at
 from mm1.eval.tasks import builtin_tasks, load_task
 from mm1.model.mllm import MM1Model
@@ -264,9 +265,21 @@ def test_mm1_eval_end_to_end(model_dir, tmp_path, capsys):
         assert math.isclose(sum(r["score"] for r in records) / 3, row["score"], abs_tol=1e-9)
     grounding = next(r for r in summary["results"] if r["task"] == "refcoco")
     assert grounding["details"]["no_region"] + grounding["details"]["malformed"] <= 3
+    assert all(0 < r["details"]["same_answer"] <= 1 for r in summary["results"] if r["task"] == "vqav2")
     report = (out / "report.md").read_text()
     assert "![scores](scores.png)" in report and "## Skipped records" in report and "refcoco.json" in report
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_answer_shares_tell_an_image_blind_model_from_the_references():
+    samples = [Sample(str(i), question=q, target=t) for i, (q, t) in enumerate(
+        [("colour?", "red"), ("colour?", "blue"), ("colour?", "red"), ("colour?", "green"),
+         ("shape?", "circle"), ("shape?", "square"), ("asked once", "x")])]
+    blind = ["red", "red", "red", "red", "circle", "circle", "y"]  # one answer per question, whatever the image
+    shares = same_answer_shares(samples, blind)
+    assert shares == {"same_answer": 1.0, "same_answer_refs": pytest.approx(3 / 6)}  # 2 of 4 reds + 1 of 2
+    assert same_answer_shares(samples, [s.target for s in samples])["same_answer"] == pytest.approx(3 / 6)
+    assert same_answer_shares(samples[-1:], ["x"]) == {}  # no question asked twice
 
 
 def test_mm1_eval_reports_bad_arguments(model_dir, capsys):

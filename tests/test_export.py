@@ -17,11 +17,12 @@ from mm1.data.tokenizer import build_tokenizer
 from mm1.model.mllm import MM1Model
 
 
-def tiny(encoder: str = "clip", connector: str = "mlp", tie: bool = False) -> MM1Model:
+def tiny(encoder: str = "clip", connector: str = "mlp", tie: bool = False,
+         connector_extras: dict | None = None) -> MM1Model:
     cfg = config_from_dict({"model": {
         "encoder": {"type": encoder, "image_size": 32, "patch_size": 8, "hidden_size": 32, "layers": 3, "heads": 2,
                     "intermediate_size": 64, "feature_layer": -2},
-        "connector": {"type": connector, "tokens": 4, "mlp_depth": 2},
+        "connector": {"type": connector, "tokens": 4, "mlp_depth": 2, **(connector_extras or {})},
         "llm": {"hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64, "max_positions": 512,
                 "tie_embeddings": tie}}})
     torch.manual_seed(0)
@@ -96,3 +97,11 @@ def test_other_connectors_fail_clearly(tmp_path, capsys, connector):
     err = capsys.readouterr().err
     assert f"the connector is '{connector}'" in err and "mm1 serve" in err
     assert not (tmp_path / "llava").exists()
+
+
+@pytest.mark.parametrize("extra,named", [("position_embedding", "a grid position embedding"),
+                                         ("output_norm", "an output norm")])
+def test_connector_extras_fail_clearly(tmp_path, capsys, extra, named):
+    tiny(connector_extras={extra: True}).save_pretrained(tmp_path / "mm1")
+    assert main(["export", str(tmp_path / "mm1"), str(tmp_path / "llava")]) == 2
+    assert f"the connector adds {named}" in capsys.readouterr().err and not (tmp_path / "llava").exists()

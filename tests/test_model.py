@@ -1,8 +1,11 @@
 import pytest
 import torch
 
-from conftest import CONNECTORS, assistant, image, tiny_model, user
+from conftest import CONNECTORS, CORPUS, assistant, image, tiny_config, tiny_model, user
 from mm1 import load
+from mm1.config import ConfigError, config_from_dict
+from mm1.data.tokenizer import build_tokenizer
+from mm1.model.mllm import MM1Model
 from mm1.data.processor import IGNORE_INDEX
 from mm1.model.connector import output_tokens
 from mm1.train.trainer import optimizer_step
@@ -29,6 +32,39 @@ def test_token_counts_match_features(connector, view_size):
         features = model.image_features(enc.pixel_values)
         assert features.shape == (1, expected, model.llm.config.hidden_size)
         model(**model.processor.collate([enc]))  # the scatter accepts exactly these features
+
+
+@pytest.mark.parametrize("connector", ["c-abstractor", "avg-pool", "mlp"])
+def test_position_embedding_marks_each_token_with_its_place(connector):
+    cfg = tiny_config(connector, image={"size": 48})  # mlp: 36 tokens, the others 4
+    cfg.model.connector.position_embedding = True
+    torch.manual_seed(0)
+    model = MM1Model(cfg, build_tokenizer(cfg.tokenizer, CORPUS))
+    pixels = torch.randn(3, 3, 48, 48)
+    tokens = model.image_features(pixels)
+    plain = model.connector.tokens(model.encoder(pixels))
+    added = tokens - plain
+    # The same embedding for a place in every view, a different one for every place in the view.
+    assert torch.allclose(added, added[:1].expand_as(added), atol=1e-6)
+    assert torch.cdist(added[0], added[0]).add(torch.eye(added.shape[1])).min() > 1e-3
+    tokens.sum().backward()
+    assert model.connector.position.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_output_norm_starts_image_tokens_at_the_text_tokens_scale(connector):
+    cfg = tiny_config(connector)
+    cfg.model.connector.output_norm = True
+    torch.manual_seed(0)
+    model = MM1Model(cfg, build_tokenizer(cfg.tokenizer, CORPUS))
+    tokens = model.image_features(torch.randn(2, 3, 32, 32) * 5)
+    text_rms = model.llm.get_input_embeddings().weight.pow(2).mean().sqrt()
+    torch.testing.assert_close(tokens.pow(2).mean(-1).sqrt(), text_rms.expand(tokens.shape[:2]), rtol=1e-3, atol=0)
+
+
+def test_position_embedding_refuses_query_tokens():
+    with pytest.raises(ConfigError, match="position_embedding needs tokens laid out on the view's grid"):
+        config_from_dict({"model": {"connector": {"type": "attn-pool", "position_embedding": True}}})
 
 
 @pytest.mark.parametrize("connector,moe", [(c, False) for c in CONNECTORS] + [("c-abstractor", True)])
@@ -75,6 +111,14 @@ def test_training_reduces_loss():
     optimizer = build_optimizer(model, stage)
     losses = [optimizer_step(model, [batch], optimizer, stage).loss for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_weights_that_do_not_match_the_config_are_named(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "m")
+    config = tmp_path / "m" / "config.yaml"
+    config.write_text(config.read_text().replace("position_embedding: false", "position_embedding: true"))
+    with pytest.raises(ValueError, match=r"does not match the config: missing \['connector.position.proj.bias'"):
+        load(tmp_path / "m")
 
 
 @pytest.mark.parametrize("connector,moe", [(c, False) for c in CONNECTORS] + [("c-abstractor", True)])

@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 from conftest import TINY, png, write_shard
 from transformers import AutoTokenizer
 
-from mm1.config import config_from_dict, to_dict
+from mm1.config import ContrastiveConfig, config_from_dict, to_dict
 from mm1.model.mllm import MM1Model
 from mm1.train import checkpoint
+from mm1.train.contrastive import ContrastiveModel, greyscale, swap_groups, swapped
 from mm1.train.trainer import NonFiniteLossError, Trainer
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 30)]
@@ -327,3 +328,65 @@ def test_a_stage_whose_every_sample_is_too_long_stops_with_the_reason(data, tmp_
     with pytest.raises(ValueError, match=r"(?s)1000 samples in a row were dropped as longer than seq_len=3.*image tokens "
                                          r"reach past seq_len=3"):
         Trainer(config_from_dict(tree), progress=False).run()
+
+
+def test_swapped_captions_replace_each_listed_word_by_another_of_its_group():
+    groups = [torch.tensor([5, 6, 7]), torch.tensor([20, 21])]
+    ids = torch.tensor([[1, 5, 9, 20, 6, 3], [5, 5, 5, 5, 2, 21]])
+    caption = torch.tensor([[True] * 6, [False] + [True] * 5])  # the second row's first token is no caption token
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out = swapped(ids, caption, groups)
+        for row in range(2):
+            for i, (before, after) in enumerate(zip(ids[row].tolist(), out[row].tolist())):
+                group = next((g.tolist() for g in groups if before in g.tolist()), None)
+                if group is None or not caption[row, i]:
+                    assert after == before
+                else:
+                    assert after in group and after != before
+
+
+def test_hard_negatives_join_only_the_image_side_of_the_loss(model):
+    tokenizer = model.processor.tokenizer
+    groups = swap_groups(tokenizer, [["red", "blue"]])
+    with pytest.raises(ValueError, match=r"'xylophone' is \d+ tokens"):
+        swap_groups(tokenizer, [["red", "xylophone"]])
+    with pytest.raises(ValueError, match="needs at least two words"):
+        swap_groups(tokenizer, [["red"]])
+
+    def loss(text: str, swap: list) -> float:
+        torch.manual_seed(0)
+        contrast = ContrastiveModel(model.encoder, ContrastiveConfig(width=32, layers=1, heads=2), len(tokenizer),
+                                    64, swap).eval()
+        ids = torch.tensor([tokenizer(f"a {text} {i}.")["input_ids"] for i in range(2)])
+        with torch.no_grad():
+            return contrast(ids, ids.clone(), torch.randn(2, 3, 32, 32))[0].item()
+
+    # A swapped caption only adds to what each image is contrasted with, so the loss grows; with no swappable word
+    # in the captions it stays the same.
+    assert loss("red circle", groups) > loss("red circle", []) + 1e-4
+    assert loss("square", groups) == pytest.approx(loss("square", []), abs=1e-6)
+
+
+def test_contrastive_stage_with_hard_negatives_learns_to_match(data, tmp_path):
+    tree = recipe(data, tmp_path / "run")
+    stage = contrastive_stage(data, contrastive={"width": 32, "layers": 1, "heads": 2, "swap_words": [NAMES]})
+    tree["stages"] = [stage]
+    Trainer(config_from_dict(tree), progress=False).run()
+    rows = [json.loads(l) for l in (tmp_path / "run" / "encoder" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["retrieval_accuracy"] < 0.3 and rows[-1]["retrieval_accuracy"] >= 0.5
+
+
+def test_greyscale_turns_the_chosen_views_grey_in_the_same_normalisation():
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    rgb = torch.rand(6, 3, 4, 4)
+    pixels = (rgb - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.equal(greyscale(pixels, 0.0, mean, std), pixels)
+    grey = greyscale(pixels, 1.0, mean, std) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    for channel in range(3):
+        torch.testing.assert_close(grey[:, channel], luma)
+    torch.manual_seed(0)
+    half = greyscale(pixels, 0.5, mean, std)
+    changed = [not torch.equal(half[i], pixels[i]) for i in range(6)]
+    assert 0 < sum(changed) < 6  # some views grey, the others untouched

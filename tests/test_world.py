@@ -19,7 +19,7 @@ from PIL import Image
 
 from mm1.cli import main
 from mm1.data.coords import from_bins, parse_regions, text_to_box, text_to_point
-from mm1.data.world import ensure, generate
+from mm1.data.world import VERSION, ensure, generate
 from mm1.data.world.base import COLOURS, HELD_OUT_PAIRS, HELD_OUT_WORDS, HELDOUT, SHAPES, TRAIN, TRAIN_PAIRS
 from mm1.data.world import ui
 from mm1.data.world.conversations import CATEGORIES
@@ -166,7 +166,7 @@ def test_an_existing_world_is_used_only_when_it_is_the_one_asked_for(world, tmp_
     stale.mkdir()
     manifest = json.loads((world / "world.json").read_text())
     (stale / "world.json").write_text(json.dumps({**manifest, "version": 1, "seed": SEED + 1}))
-    with pytest.raises(ValueError, match=rf"seed {SEED + 1} \(wanted {SEED}\), version 1 \(wanted 2\)"):
+    with pytest.raises(ValueError, match=rf"seed {SEED + 1} \(wanted {SEED}\), version 1 \(wanted {VERSION}\)"):
         ensure(stale, SEED, "small")
 
 
@@ -326,3 +326,13 @@ def test_small_text_needs_high_resolution(world):
             ink = (np.asarray(image)[y1:y2, x1:x2] < 128).sum()
             assert ink >= 2 * len(line["text"].replace(" ", "")), line  # the glyphs are really there
     assert kinds == {"sign", "receipt", "page"}
+
+
+def test_ui_taps_need_the_screen_no_fixed_point_hits_most_buttons():
+    rng = HELDOUT.rng(SEED, "ui-blind")
+    taps = [next(q for q in ui.screen(rng, HELDOUT)[1] if q.task == "tap") for _ in range(300)]
+    assert all(ui.HEIGHT - 16 >= q.box[3] and q.box[2] - q.box[0] >= 56 for q in taps)
+    # The best single point on a 10-px grid, as an image-blind model would answer every tap.
+    best = max(sum(x1 <= x < x2 and y1 <= y < y2 for x1, y1, x2, y2 in (q.box for q in taps))
+               for x in range(0, ui.WIDTH, 10) for y in range(0, ui.HEIGHT, 10))
+    assert best / len(taps) < 0.3

@@ -57,6 +57,18 @@ class ConnectorConfig:
     depth: int = 3  # c-abstractor: ResNet blocks before and after pooling; attn-pool: attention layers
     mlp_depth: int = 2  # layers of the final projection into the LLM width
     hidden_size: Optional[int] = None  # inner width; default: the encoder width
+    # Add a learned embedding of each image token's (row, column) in its view to the token (model/connector.py).
+    # Not in MM1 (NS); Honeybee's C-Abstractor adds one to its input.  Needs a grid-shaped connector.
+    position_embedding: bool = False
+    # RMS-normalise the image tokens with a learnt gain that starts at the LLM's token-embedding scale (NS in MM1).
+    # A from-scratch connector's tokens are otherwise tens of times larger than the text tokens beside them, so the
+    # LLM's layers barely change them (their residual updates are small next to the input).
+    output_norm: bool = False
+
+    def __post_init__(self):
+        if self.position_embedding and self.type == "attn-pool":
+            raise ValueError("connector.position_embedding needs tokens laid out on the view's grid; attn-pool's "
+                             "tokens are learned queries (use c-abstractor, avg-pool or mlp)")
 
 
 @dataclass(config=_strict)
@@ -193,6 +205,14 @@ class ContrastiveConfig:
     layers: int = 2
     heads: int = 4
     temperature: float = 0.07  # initial softmax temperature, learnt (CLIP)
+    # NegCLIP-style hard negatives: each group lists interchangeable words (e.g. shape names); every caption holding
+    # one also meets itself with each such word replaced by another of its group, so that the encoder has to tell
+    # them apart instead of telling images apart by whatever else differs in the batch.  Each word must be a single
+    # token after a space.
+    swap_words: list[list[str]] = dataclasses.field(default_factory=list)
+    # Share of the images shown in greyscale, so that colour alone cannot pick an image's caption out of the batch
+    # (SimCLR: without colour distortion a contrastive encoder matches by colour histograms and learns little else).
+    greyscale: float = 0.0
 
 
 @dataclass(config=_strict)

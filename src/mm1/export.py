@@ -66,6 +66,10 @@ def check_exportable(model: MM1Model) -> None:
     if connector.type != "mlp" or connector.mlp_depth != 2:
         problems.append(f"the connector is {connector.type!r} (mlp_depth {connector.mlp_depth}); LLaVA has only the "
                         "2-layer MLP projector (c-abstractor, attn-pool and avg-pool have no transformers equivalent)")
+    extras = [name for name, on in (("a grid position embedding", connector.position_embedding),
+                                    ("an output norm", connector.output_norm)) if on]
+    if extras:
+        problems.append(f"the connector adds {' and '.join(extras)}; LLaVA's projector has neither")
     if encoder.type not in FEATURE_STRATEGY:
         problems.append(f"encoder type {encoder.type!r} is not one of {sorted(FEATURE_STRATEGY)}")
     if llm.type not in LLMS:

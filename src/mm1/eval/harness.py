@@ -54,6 +54,25 @@ def generate_texts(model: MM1Model, encoded: Sequence[Encoded], max_new_tokens: 
     return texts
 
 
+def same_answer_shares(samples: Sequence[Sample], answers: Sequence[str]) -> dict[str, float]:
+    """How much the answers depend on the image.  Over the questions asked of several images, the share of samples
+    answered with that question's commonest answer, for the model (`same_answer`) and for the targets
+    (`same_answer_refs`): a model that answers from the question alone scores 1.0, the targets show what the
+    images call for.  Empty when no question repeats."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for sample, answer in zip(samples, answers):
+        groups.setdefault(sample.question, []).append((answer, sample.target))
+    repeated = [pairs for pairs in groups.values() if len(pairs) > 1]
+    if not repeated:
+        return {}
+    n = sum(len(pairs) for pairs in repeated)
+
+    def share(side: int) -> float:
+        return sum(Counter(pair[side] for pair in pairs).most_common(1)[0][1] for pairs in repeated) / n
+
+    return {"same_answer": share(0), "same_answer_refs": share(1)}
+
+
 def run_task(model: MM1Model, task: Task, samples: Sequence[Sample], pool: Sequence[Sample], shots: int, mode: str,
              batch_size: int, seed: int) -> tuple[dict, list[dict], list[Skip]]:
     """One task at one shot count -> (result row, per-sample records, samples that could not be encoded)."""
@@ -83,7 +102,7 @@ def run_task(model: MM1Model, task: Task, samples: Sequence[Sample], pool: Seque
     answers = [cfg.clean(FILTERS.get("first-line")(text) if mode == "base" else text.strip()) for text in raw]
     result = METRICS.get(cfg.metric)(answers, kept)
     row = {"task": task.name, "shots": shots, "mode": mode, "metric": cfg.metric, "score": result.score,
-           "n": len(kept), "details": result.details}
+           "n": len(kept), "details": result.details | same_answer_shares(kept, answers)}
     records = [{"id": s.id, "question": s.question, "prediction": a, "raw": r, "answers": s.answers,
                 "score": score, "support": [e.id for e in p.samples[:-1]], "prompt": p.text or p.messages}
                for s, p, a, r, score in zip(kept, prompts, answers, raw, result.per_sample)]

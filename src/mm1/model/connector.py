@@ -41,14 +41,46 @@ def to_grid(features: torch.Tensor) -> torch.Tensor:
     return features.transpose(1, 2).reshape(views, channels, side, side)
 
 
+class GridPosition(nn.Module):
+    """A learned embedding of each token's (row, column) centre in its view, from Fourier features of the
+    coordinates scaled to 0..1, so one set of weights serves every token grid (mlp at another resolution).
+
+    The LLM's RoPE puts position into attention scores only, never into the values it reads, so without this an
+    answer in coordinates has to be inferred from which token was attended to; with it, "where" is in the token."""
+
+    def __init__(self, out_dim: int, frequencies: int = 6):
+        super().__init__()
+        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(frequencies), persistent=False)
+        self.proj = nn.Linear(4 * frequencies, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        side = math.isqrt(tokens.shape[1])
+        centres = (torch.arange(side, device=tokens.device, dtype=self.frequencies.dtype) + 0.5) / side
+        rows, cols = torch.meshgrid(centres, centres, indexing="ij")
+        angles = torch.stack([rows.flatten(), cols.flatten()], -1).unsqueeze(-1) * self.frequencies
+        fourier = torch.cat([angles.sin(), angles.cos()], -1).flatten(1).to(tokens.dtype)  # (side*side, 4F)
+        return tokens + self.proj(fourier)
+
+
 class Connector(nn.Module):
+    """Subclasses turn patch features into tokens (`tokens`); `forward` adds the grid position and normalises
+    when configured."""
+
     def __init__(self, cfg: ConnectorConfig, in_dim: int, out_dim: int):
         super().__init__()
         self.cfg = cfg
+        self.position = GridPosition(out_dim) if cfg.position_embedding else None
+        self.norm = nn.RMSNorm(out_dim) if cfg.output_norm else None  # its gain is set by the MLLM (mllm.py)
 
     @staticmethod
     def output_tokens(cfg: ConnectorConfig, grid: int) -> int:
         return cfg.tokens
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(features)
+        if self.position is not None:
+            tokens = self.position(tokens)
+        return tokens if self.norm is None else self.norm(tokens)
 
 
 @CONNECTORS.register("mlp")
@@ -63,7 +95,7 @@ class MLPProjector(Connector):
     def output_tokens(cfg, grid):
         return grid * grid
 
-    def forward(self, features):
+    def tokens(self, features):
         return self.proj(features)
 
 
@@ -76,7 +108,7 @@ class AvgPoolConnector(Connector):
         self.side = math.isqrt(cfg.tokens)
         self.proj = readout(in_dim, out_dim, cfg.mlp_depth)
 
-    def forward(self, features):
+    def tokens(self, features):
         pooled = F.adaptive_avg_pool2d(to_grid(features), self.side)
         return self.proj(pooled.flatten(2).transpose(1, 2))
 
@@ -107,7 +139,7 @@ class AttentionPoolConnector(Connector):
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads) for _ in range(max(cfg.depth, 1)))
         self.proj = readout(dim, out_dim, cfg.mlp_depth)
 
-    def forward(self, features):
+    def tokens(self, features):
         kv = self.inp(features)
         queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
         for block in self.blocks:
@@ -154,7 +186,7 @@ class CAbstractor(Connector):
         self.after = nn.Sequential(*(ResBlock(dim, dim) for _ in range(cfg.depth)))
         self.proj = readout(dim, out_dim, cfg.mlp_depth)
 
-    def forward(self, features):
+    def tokens(self, features):
         x = self.before(to_grid(features))
         x = self.after(F.adaptive_avg_pool2d(x, self.side))
         return self.proj(x.flatten(2).transpose(1, 2))

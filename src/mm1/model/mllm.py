@@ -55,6 +55,9 @@ class MM1Model(nn.Module):
         self.encoder = ImageEncoder(mcfg.encoder, enc_hf, load_weights)
         self.llm = build_llm(mcfg.llm, len(tokenizer), llm_hf, load_weights)
         self.connector = build_connector(mcfg.connector, self.encoder.width, self.llm.config.hidden_size)
+        if self.connector.norm is not None:  # image tokens start at the scale of the text tokens around them
+            with torch.no_grad():
+                self.connector.norm.weight.fill_(self.llm.get_input_embeddings().weight.float().pow(2).mean().sqrt())
         self.processor = Processor(tokenizer, mcfg, config.image)
         self.image_token_id = self.processor.image_token_id
         self.num_experts = num_experts(self.llm)
@@ -207,8 +210,8 @@ class MM1Model(nn.Module):
         model = cls(config, tokenizer, hf_configs, load_weights=False)
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS} does not match the config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise ValueError(f"{path / WEIGHTS} does not match the config: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
         return model.eval()
 
 

@@ -52,13 +52,58 @@ class ContrastiveHead(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.temperature)))
 
 
+def swap_groups(tokenizer, groups: list[list[str]]) -> list[list[int]]:
+    """The token ids of each group of `swap_words` (" word" must be one token, as captions have it mid-sentence)."""
+    ids = []
+    for group in groups:
+        if len(group) < 2:
+            raise ValueError(f"contrastive.swap_words group {group} needs at least two words to swap")
+        ids.append([])
+        for word in group:
+            pieces = tokenizer.tokenize(" " + word)
+            if len(pieces) != 1:
+                raise ValueError(f"contrastive.swap_words: {word!r} is {len(pieces)} tokens {pieces} for this "
+                                 f"tokenizer; only single-token words can be swapped")
+            ids[-1].append(tokenizer.convert_tokens_to_ids(pieces[0]))
+    return ids
+
+
+def swapped(input_ids: torch.Tensor, caption: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
+    """`input_ids` with every caption token of a group replaced by another word of that group, chosen at random
+    per occurrence (so "a red circle and a blue square" may become "a red square and a blue hexagon")."""
+    out = input_ids.clone()
+    for group in groups:
+        index = (input_ids.unsqueeze(-1) == group).int().argmax(-1)
+        hit = caption & torch.isin(input_ids, group)
+        shift = torch.randint(1, len(group), input_ids.shape, device=input_ids.device)
+        out = torch.where(hit, group[(index + shift) % len(group)], out)
+    return out
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
+
+
+def greyscale(pixels: torch.Tensor, share: float, mean: tuple, std: tuple) -> torch.Tensor:
+    """A random `share` of the normalised views (views, 3, H, W) turned grey, in the same normalisation."""
+    shape = (1, 3, 1, 1)
+    mean, std = (torch.tensor(v, dtype=pixels.dtype, device=pixels.device).view(shape) for v in (mean, std))
+    luma = torch.tensor(LUMA, dtype=pixels.dtype, device=pixels.device).view(shape)
+    grey = (((pixels * std + mean) * luma).sum(1, keepdim=True) - mean) / std
+    chosen = torch.rand(len(pixels), device=pixels.device) < share
+    return torch.where(chosen.view(-1, 1, 1, 1), grey, pixels)
+
+
 class ContrastiveModel(nn.Module):
     """The encoder under training (shared with the MM1 model, so the stage's export carries it) and its head."""
 
-    def __init__(self, encoder: nn.Module, cfg: ContrastiveConfig, vocab_size: int, max_len: int):
+    def __init__(self, encoder: nn.Module, cfg: ContrastiveConfig, vocab_size: int, max_len: int,
+                 swap_ids: list[list[int]] = (), normalisation: tuple[tuple, tuple] = ((0.0,) * 3, (1.0,) * 3)):
         super().__init__()
         self.encoder = encoder
+        self.cfg = cfg
+        self.normalisation = normalisation  # the views' (mean, std), to turn them grey
         self.head = ContrastiveHead(cfg, encoder.width, vocab_size, max_len)
+        self.swap_ids = [torch.tensor(group) for group in swap_ids]
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor,
                 **_) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +114,21 @@ class ContrastiveModel(nn.Module):
                              f"splitting off for this stage and use sources with one image per record)")
         head = self.head
         caption = labels != IGNORE_INDEX  # the caption's tokens: image markers and padding are never targets
+        if self.training and self.cfg.greyscale:
+            pixel_values = greyscale(pixel_values, self.cfg.greyscale, *self.normalisation)
         images = F.normalize(head.image_projection(self.encoder(pixel_values).mean(1)), dim=-1)
         texts = F.normalize(head.text_projection(head.text(input_ids, caption)), dim=-1)
-        logits = images @ texts.T * head.logit_scale.exp().clamp(max=100.0)  # CLIP caps the scale at 100
+        scale = head.logit_scale.exp().clamp(max=100.0)  # CLIP caps the scale at 100
+        logits = images @ texts.T * scale
         pairs = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, pairs) + F.cross_entropy(logits.T, pairs)) / 2
+        image_to_text = logits
+        if self.swap_ids:
+            # Hard negatives join the captions each image is contrasted with (not the other direction: a swapped
+            # caption has no image of its own).  Captions without a swappable word add none.
+            groups = [group.to(input_ids.device) for group in self.swap_ids]
+            negative_ids = swapped(input_ids, caption, groups)
+            has = (negative_ids != input_ids).any(1)
+            negatives = F.normalize(head.text_projection(head.text(negative_ids[has], caption[has])), dim=-1)
+            image_to_text = torch.cat([logits, images @ negatives.T * scale], 1)
+        loss = (F.cross_entropy(image_to_text, pairs) + F.cross_entropy(logits.T, pairs)) / 2
         return loss, (logits.argmax(1) == pairs).float().mean()

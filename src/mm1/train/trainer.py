@@ -28,7 +28,7 @@ from mm1.data.readers import open_reader
 from mm1.data.tokenizer import build_tokenizer
 from mm1.model.mllm import MM1Model
 from mm1.train import checkpoint
-from mm1.train.contrastive import ContrastiveModel
+from mm1.train.contrastive import ContrastiveModel, swap_groups
 from mm1.train.distributed import World, all_reduce_sum, barrier, init_world, wrap
 from mm1.train.optim import build_optimizer, build_scheduler, format_trainable, set_trainable
 
@@ -239,7 +239,10 @@ class Trainer:
             model.llm.compile()
         model.to(world.device)
         if stage.objective == "contrastive":
-            trained = ContrastiveModel(model.encoder, stage.contrastive, len(model.processor.tokenizer), stage.seq_len)
+            tokenizer = model.processor.tokenizer
+            trained = ContrastiveModel(model.encoder, stage.contrastive, len(tokenizer), stage.seq_len,
+                                       swap_groups(tokenizer, stage.contrastive.swap_words),
+                                       (self.cfg.model.encoder.image_mean, self.cfg.model.encoder.image_std))
             trained.to(world.device)
             module = wrap(trained, self.cfg.distributed, world, stage.bf16)
             optimizer, step_fn = build_optimizer(trained, stage, beside=trained.head), contrastive_step

@@ -58,7 +58,7 @@ from mm1.data.world.writers import write_json
 
 __all__ = ["SIZES", "Size", "VERSION", "ensure", "generate"]
 
-VERSION = 2  # of the generator: raised whenever the same seed and size would write different data
+VERSION = 3  # of the generator: raised whenever the same seed and size would write different data
 
 
 @dataclass(frozen=True)

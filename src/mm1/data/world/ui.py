@@ -15,7 +15,7 @@ from mm1.data.world.base import COLOURS, QA, Split, article
 from mm1.data.world.scenes import draw_shape, listing
 from mm1.data.world.text_rich import TextImage
 
-WIDTH, HEIGHT, ROW = 180, 320, 36
+WIDTH, HEIGHT, ROW, BUTTON_HEIGHT = 180, 320, 36, 32
 ON, OFF, BUTTON = (52, 168, 83), (170, 170, 170), (40, 90, 200)
 
 
@@ -40,7 +40,8 @@ def screen(rng: random.Random, split: Split) -> tuple[Image.Image, list[QA]]:
     title, *labels = (w.capitalize() for w in rng.sample(split.words, 7))  # 4 rows at most, 2 buttons
     doc.write((12, 22), title, 14)
     elements = []
-    for row, label in enumerate(labels[:rng.randint(2, 4)]):
+    rows = labels[:rng.randint(2, 4)]
+    for row, label in enumerate(rows):
         y = 52 + row * ROW
         colour, shape = rng.choice(split.pairs)
         icon = (12, y + 8, 32, y + 28)
@@ -55,14 +56,28 @@ def screen(rng: random.Random, split: Split) -> tuple[Image.Image, list[QA]]:
             draw.ellipse((knob, switch[1] + 2, knob + 12, switch[1] + 14), fill=(255, 255, 255))
             elements.append(Element("toggle", label, switch, on))
         draw.line((12, y + ROW - 1, WIDTH - 12, y + ROW - 1), fill=(225, 225, 225))
-    buttons = labels[4:4 + rng.randint(1, 2)]
-    span = (WIDTH - 24 - 8 * (len(buttons) - 1)) // len(buttons)
-    for i, label in enumerate(buttons):
-        box = (12 + i * (span + 8), HEIGHT - 48, 12 + i * (span + 8) + span, HEIGHT - 16)
+    for label in labels[4:4 + rng.randint(1, 2)]:
+        box = place_button(rng, 52 + len(rows) * ROW + 8, [e.box for e in elements if e.kind == "button"])
+        if box is None:  # no free spot left for a second button
+            continue
         draw.rounded_rectangle((box[0], box[1], box[2] - 1, box[3] - 1), radius=6, fill=BUTTON)
         doc.write(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), label, 11, anchor="mm", fill=(255, 255, 255))
         elements.append(Element("button", label, box))
     return doc.image, questions(rng, title, elements)
+
+
+def place_button(rng: random.Random, top: int, taken: list[tuple[int, int, int, int]],
+                 tries: int = 30) -> tuple[int, int, int, int] | None:
+    """A button of random width anywhere below `top`, clear of the `taken` boxes.  Buttons in fixed slots let a tap
+    be answered from the question alone (with 1-2 buttons across the bottom, one fixed point hit 78% of the
+    held-out buttons; here the best fixed point hits about a quarter)."""
+    for _ in range(tries):
+        width = rng.randint(56, 96)  # the longest label is 51 px wide
+        x, y = rng.randint(12, WIDTH - 12 - width), rng.randint(top, HEIGHT - 16 - BUTTON_HEIGHT)
+        box = (x, y, x + width, y + BUTTON_HEIGHT)
+        if all(box[2] + 6 <= b[0] or b[2] + 6 <= box[0] or box[3] + 6 <= b[1] or b[3] + 6 <= box[1] for b in taken):
+            return box
+    return None
 
 
 def html(title: str, elements: list[Element]) -> str:
