@@ -356,8 +356,9 @@ def test_hard_negatives_join_only_the_image_side_of_the_loss(model):
 
     def loss(text: str, swap: list) -> float:
         torch.manual_seed(0)
+        encoder_cfg = model.config.model.encoder
         contrast = ContrastiveModel(model.encoder, ContrastiveConfig(width=32, layers=1, heads=2), len(tokenizer),
-                                    64, swap).eval()
+                                    64, (encoder_cfg.image_mean, encoder_cfg.image_std), swap).eval()
         ids = torch.tensor([tokenizer(f"a {text} {i}.")["input_ids"] for i in range(2)])
         with torch.no_grad():
             return contrast(ids, ids.clone(), torch.randn(2, 3, 32, 32))[0].item()

@@ -69,7 +69,7 @@ def check_exportable(model: MM1Model) -> None:
     extras = [name for name, on in (("a grid position embedding", connector.position_embedding),
                                     ("an output norm", connector.output_norm)) if on]
     if extras:
-        problems.append(f"the connector adds {' and '.join(extras)}; LLaVA's projector has neither")
+        problems.append(f"the connector adds {' and '.join(extras)}; LLaVA's projector has no such part")
     if encoder.type not in FEATURE_STRATEGY:
         problems.append(f"encoder type {encoder.type!r} is not one of {sorted(FEATURE_STRATEGY)}")
     if llm.type not in LLMS:

@@ -97,7 +97,7 @@ class ContrastiveModel(nn.Module):
     """The encoder under training (shared with the MM1 model, so the stage's export carries it) and its head."""
 
     def __init__(self, encoder: nn.Module, cfg: ContrastiveConfig, vocab_size: int, max_len: int,
-                 swap_ids: list[list[int]] = (), normalisation: tuple[tuple, tuple] = ((0.0,) * 3, (1.0,) * 3)):
+                 normalisation: tuple[tuple, tuple], swap_ids: list[list[int]] = ()):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg

@@ -241,8 +241,8 @@ class Trainer:
         if stage.objective == "contrastive":
             tokenizer = model.processor.tokenizer
             trained = ContrastiveModel(model.encoder, stage.contrastive, len(tokenizer), stage.seq_len,
-                                       swap_groups(tokenizer, stage.contrastive.swap_words),
-                                       (self.cfg.model.encoder.image_mean, self.cfg.model.encoder.image_std))
+                                       (self.cfg.model.encoder.image_mean, self.cfg.model.encoder.image_std),
+                                       swap_groups(tokenizer, stage.contrastive.swap_words))
             trained.to(world.device)
             module = wrap(trained, self.cfg.distributed, world, stage.bf16)
             optimizer, step_fn = build_optimizer(trained, stage, beside=trained.head), contrastive_step
