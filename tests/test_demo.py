@@ -30,6 +30,10 @@ def test_demo_runs_every_step(tmp_path):
     for stage in ("encoder", "pretrain", "cpt", "sft"):
         assert f"| {stage} | 2 |" in report and (run / stage / "loss.png").is_file()
     assert (run / "scores.png").is_file() and (run / "answer.png").is_file()
+    # Each evaluated stage leaves its predictions, and the report carries their details (partial credit, and
+    # whether answers depend on the image), not only the scores.
+    assert (run / "sft" / "eval" / "predictions" / "world-grounding_0shot.jsonl").is_file()
+    assert "| world-grounding | 0 | chat |" in report and "no_region=" in report and "same_answer=" in report
     assert set(summary["probes"]) == {"encoder", "pretrain", "cpt", "sft"}
     assert "## What the image tokens carry" in report and "| shape | " in report
     assert summary["example"]["question"].startswith("Where is ") and summary["example"]["truth"].startswith("[")

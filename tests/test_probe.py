@@ -31,6 +31,8 @@ def test_features_that_hold_only_colour_fail_shape_on_held_out_pairs(monkeypatch
     result = probing.probe(None, n_fit=200, n_test=100)
     assert result["colour"]["encoder"] == 1.0
     assert result["shape"]["encoder"] == 0.0 < result["shape"]["majority"]
+    # On new scenes of the fitted pairs colour narrows shape to the four seen with it, and no further.
+    assert 0.0 < result["shape"]["encoder_seen"] < 0.5 and result["colour"]["encoder_seen"] == 1.0
 
 
 def test_probe_command_on_a_saved_model(model, tmp_path, capsys):
@@ -41,5 +43,5 @@ def test_probe_command_on_a_saved_model(model, tmp_path, capsys):
     probes = json.loads(out.read_text())["probes"]
     assert set(probes) == set(probing.ATTRIBUTES)
     for row in probes.values():
-        assert set(row) == {"encoder", "connector", "majority"}
+        assert set(row) == {"encoder", "connector", "encoder_seen", "connector_seen", "majority"}
         assert all(0.0 <= v <= 1.0 for v in row.values())

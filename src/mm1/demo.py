@@ -15,6 +15,7 @@ from mm1.config import MM1Config
 from mm1.data.coords import box_to_text, draw_regions, parse_regions
 from mm1.data.world import ensure as ensure_world
 from mm1.eval.probe import probe
+from mm1.eval.report import format_table
 from mm1.model.mllm import MM1Model
 from mm1.train.trainer import Trainer
 
@@ -49,11 +50,13 @@ def probe_lines(probes: dict[str, dict]) -> list[str]:
     attributes = probes[stages[0]]
     lines = ["## What the image tokens carry", "",
              "Linear probes fitted on one-object scenes of the training pairs, scored on the held-out pairs (`mm1 "
-             "probe`): encoder features / image tokens. An attribute the tokens do not carry cannot be answered; "
-             "one they carry but the answers miss is the LLM's to learn.", "",
+             "probe`): encoder features / image tokens, and in brackets the same on new scenes of the training pairs. "
+             "An attribute the tokens do not carry cannot be answered; one they carry but the answers miss is the "
+             "LLM's to learn; one carried on seen pairs only is tied to the colours it was seen with.", "",
              "| attribute | majority class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
     for name in attributes:
-        cells = [f"{probes[s][name]['encoder']:.2f} / {probes[s][name]['connector']:.2f}" for s in stages]
+        cells = [f"{p['encoder']:.2f} / {p['connector']:.2f} (seen {p['encoder_seen']:.2f} / {p['connector_seen']:.2f})"
+                 for p in (probes[s][name] for s in stages)]
         lines.append(f"| {name} | {attributes[name]['majority']:.2f} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -84,11 +87,18 @@ def write_report(cfg: MM1Config, run_dir: Path, scores: dict[str, dict[str, floa
         lines.append(f"| {stage.name} | {last['step']} | {last['loss']:.3f} | {last['tokens_per_s']:.0f} | "
                      f"{last['skipped_records']} |")
     lines += ["", "Loss curves: " + " ".join(f"![{s.name}]({s.name}/loss.png)" for s in cfg.stages), "",
-              "## Held-out scores", "", "Unseen (colour, shape) pairs, unseen OCR words, unseen seeds.", "",
-              "| after stage | task | score |", "|---|---|---|"]
+              "## Held-out scores", "", "Unseen (colour, shape) pairs, unseen OCR words, unseen seeds. Details hold "
+              "partial credit (mean IoU, character similarity, accuracy per answer type) and `same_answer`: over "
+              "questions asked of several images, the share answered with the question's commonest answer (1.0 for a "
+              "model that ignores the image; `same_answer_refs` is the targets' share).", ""]
     for stage, stage_scores in scores.items():
-        lines += [f"| {stage} | {task} | {value:.3f} |" for task, value in stage_scores.items()]
-    lines += ["", "![scores](scores.png)", "", *probe_lines(probes), "## One held-out question", "",
+        saved = run_dir / stage / "eval" / "summary.json"
+        if saved.is_file():
+            lines += [f"After {stage} (predictions in `{stage}/eval/predictions/`):", "",
+                      format_table(json.loads(saved.read_text())["results"]), ""]
+        else:  # a stage finished by an older mm1 kept its scores only
+            lines += [f"After {stage}: " + ", ".join(f"{task} {v:.3f}" for task, v in stage_scores.items()), ""]
+    lines += ["![scores](scores.png)", "", *probe_lines(probes), "## One held-out question", "",
               f"Q: {example['question']}  ", f"A: `{example['answer']}` (truth: `{example['truth']}`)", "",
               "![answer](answer.png)", ""]
     path = run_dir / "report.md"

@@ -32,6 +32,9 @@ class Attribute:
     classes: tuple[str, ...]
     label: Callable[[Scene], str]
 
+    def labels(self, group: list[Scene]) -> np.ndarray:
+        return np.array([self.classes.index(self.label(s)) for s in group])
+
 
 ATTRIBUTES = {
     "shape": Attribute(SHAPES, lambda s: s.objects[0].shape),
@@ -78,23 +81,29 @@ def features(model: MM1Model, images: list, batch_size: int = 64) -> dict[str, n
 
 
 def probe(model: MM1Model, n_fit: int = 600, n_test: int = 300, seed: int = 0) -> dict:
-    """{attribute: {"encoder": acc, "connector": acc, "majority": the test set's most common class share}}."""
-    fit_scenes, test_scenes = scenes(TRAIN, seed, n_fit), scenes(HELDOUT, seed, n_test)
+    """{attribute: {"encoder": acc, "connector": acc, "encoder_seen": acc, "connector_seen": acc, "majority": the
+    held-out test set's most common class share}}.  The plain keys score held-out pairs; the `_seen` keys score
+    new scenes of the fitted (training) pairs, which tells features without the attribute (low on both) from
+    features that hold it only tied to the colours seen with it (high on seen pairs, low on held-out ones)."""
+    fit_scenes = scenes(TRAIN, seed, n_fit)
+    tests = {"": scenes(HELDOUT, seed, n_test), "_seen": scenes(TRAIN, seed + 1, n_test)}
     fit_x = features(model, [render(s) for s in fit_scenes])
-    test_x = features(model, [render(s) for s in test_scenes])
+    test_x = {suffix: features(model, [render(s) for s in group]) for suffix, group in tests.items()}
     result = {}
     for name, attribute in ATTRIBUTES.items():
-        fit_y = np.array([attribute.classes.index(attribute.label(s)) for s in fit_scenes])
-        test_y = np.array([attribute.classes.index(attribute.label(s)) for s in test_scenes])
-        row = {kind: ridge_accuracy(fit_x[kind], fit_y, test_x[kind], test_y, len(attribute.classes))
-               for kind in FEATURES}
-        row["majority"] = float(np.bincount(test_y).max() / len(test_y))
+        fit_y = attribute.labels(fit_scenes)
+        test_y = {suffix: attribute.labels(group) for suffix, group in tests.items()}
+        row = {kind + suffix: ridge_accuracy(fit_x[kind], fit_y, test_x[suffix][kind], test_y[suffix],
+                                             len(attribute.classes))
+               for suffix in tests for kind in FEATURES}
+        row["majority"] = float(np.bincount(test_y[""]).max() / n_test)
         result[name] = row
     return result
 
 
 def format_probe(result: dict) -> str:
-    lines = ["| attribute | encoder | connector | majority class |", "|---|---|---|---|"]
-    lines += [f"| {name} | {row['encoder']:.2f} | {row['connector']:.2f} | {row['majority']:.2f} |"
-              for name, row in result.items()]
+    lines = ["| attribute | encoder | connector | encoder, seen pairs | connector, seen pairs | majority class |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {row['encoder']:.2f} | {row['connector']:.2f} | {row['encoder_seen']:.2f} | "
+              f"{row['connector_seen']:.2f} | {row['majority']:.2f} |" for name, row in result.items()]
     return "\n".join(lines)

@@ -131,10 +131,12 @@ def corpus_texts(cfg: MM1Config, per_source: int = 2000) -> Iterator[str]:
                     yield message["content"]
 
 
-def stage_evaluator(stage: StageConfig) -> Evaluator:
+def stage_evaluator(stage: StageConfig, out_dir: Path | None) -> Evaluator:
+    """The stage's `eval:` block as a hook; with `out_dir`, each evaluation also leaves its predictions and details
+    (partial credit, `same_answer`) there, the last one overwriting earlier ones."""
     from mm1.eval import evaluate
 
-    return lambda model: evaluate(model, **to_dict(stage.eval), log=None)["scores"]
+    return lambda model: evaluate(model, **to_dict(stage.eval), log=None, out_dir=out_dir)["scores"]
 
 
 class MetricsLog:
@@ -265,7 +267,8 @@ class Trainer:
             else:
                 self.log("warning: the number of processes changed; data streams restart from their beginning")
             self.log(f"resumed {stage.name} from {saved[-1]} at step {step}")
-        evaluator = self.evaluator or (stage_evaluator(stage) if stage.eval and stage.eval.tasks else None)
+        evaluator = self.evaluator or (stage_evaluator(stage, stage_dir / "eval" if world.is_main else None)
+                                       if stage.eval and stage.eval.tasks else None)
         metrics = MetricsLog(stage_dir / "metrics.jsonl", step, self.cfg.tensorboard) if world.is_main else None
         module.train()
         bar = tqdm(total=total_steps, initial=step, desc=stage.name, disable=not self.progress, dynamic_ncols=True)
