@@ -30,6 +30,7 @@ def train_arm(patch: int, greyscale: bool, steps: int, every: int, export: str |
     from mm1.data.image import ViewMaker
     from mm1.data.world.base import HELDOUT, SHAPES, TRAIN
     from mm1.data.world.scenes import render, sample_scene
+    from mm1.eval.probe import ATTRIBUTES
     from mm1.model.encoder import ImageEncoder
 
     cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"model.encoder.patch_size={patch}"])
@@ -44,8 +45,7 @@ def train_arm(patch: int, greyscale: bool, steps: int, every: int, export: str |
     def batch(split, rng, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         scenes = [sample_scene(rng, split, n=1) for _ in range(n)]
         images = [render(s).convert("L").convert("RGB") if greyscale else render(s) for s in scenes]
-        return (torch.cat([views(im, 1).pixels for im in images]),
-                torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes]))
+        return torch.cat([views(im, 1).pixels for im in images]), torch.from_numpy(ATTRIBUTES["shape"].labels(scenes))
 
     def accuracy(test: tuple[torch.Tensor, torch.Tensor]) -> float:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -83,7 +83,8 @@ def main() -> None:
     args = p.parse_args()
     bench = Bench("encoder_shape" + ("-export" if args.export else ""), args)
     steps = 60 if args.quick else args.steps
-    arms = [(4, False)] if args.export else [(8, False)] if args.quick else [(8, False), (8, True), (4, False), (4, True)]
+    all_arms = [(8, False), (8, True), (4, False), (4, True)]
+    arms = [(4, False)] if args.export else [(8, False)] if args.quick else all_arms
     rows = [row for patch, grey in arms for row in train_arm(patch, grey, steps, max(1, steps // 3), args.export)]
     text = table(rows, "shape of one-object scenes, learnt with labels (chance 0.20; 5 shapes)")
     bench.save({"rows": rows}, [text])
