@@ -105,8 +105,8 @@ def test_the_long_mode_is_the_default_trained_longer_on_the_same_world():
     assert long.model == default.model and long.world_dir() == default.world_dir() == Path("runs/tiny/world")
     assert long.run_dir != default.run_dir
     for ours, theirs in zip(long.stages, default.stages, strict=True):
-        assert (ours.name, ours.data, ours.lr, ours.batch_size, ours.seq_len, ours.image) == \
-               (theirs.name, theirs.data, theirs.lr, theirs.batch_size, theirs.seq_len, theirs.image)
+        assert (ours.name, ours.data, ours.lr, ours.batch_size, ours.seq_len, ours.image, ours.trainable) == \
+               (theirs.name, theirs.data, theirs.lr, theirs.batch_size, theirs.seq_len, theirs.image, theirs.trainable)
         assert ours.steps >= 1.5 * theirs.steps
         assert ours.eval is None or (ours.eval.limit is None and ours.eval.tasks == theirs.eval.tasks)
 

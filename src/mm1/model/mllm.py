@@ -36,7 +36,7 @@ class MM1Output:
     lm_loss: torch.Tensor | None = None
     balance_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None  # the KV cache (transformers >= 5.24 names it `cache`)
     expert_load: torch.Tensor | None = None  # MoE: share of routed tokens per expert, averaged over sparse layers
 
 
@@ -96,7 +96,7 @@ class MM1Model(nn.Module):
     # ---- forward and loss ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
+                labels: torch.Tensor | None = None, cache=None, use_cache: bool = False,
                 num_target_tokens: float | None = None, run_vision: bool = False) -> MM1Output:
         """`num_target_tokens` normalises the summed loss (e.g. over all micro-batches of a step or all ranks);
         by default the loss is the mean over this batch's target tokens.
@@ -107,10 +107,10 @@ class MM1Model(nn.Module):
         extra = {"output_router_logits": True} if self.num_experts and labels is not None else {}
         out = self.llm(
             inputs_embeds=self.embed(input_ids, pixel_values, run_vision), attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **extra,
+            position_ids=position_ids, cache=cache, use_cache=use_cache, **extra,
         )
         if labels is None:
-            return MM1Output(None, out.logits, past_key_values=out.past_key_values)
+            return MM1Output(None, out.logits, cache=out.cache)
         targets = labels[:, 1:]
         summed = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                                  ignore_index=IGNORE_INDEX, reduction="sum")
@@ -123,7 +123,7 @@ class MM1Model(nn.Module):
             balance, z = moe_aux_losses(out.router_logits, self.num_experts, top_k, token_mask)
             w_balance, w_z = moe_weights(self.config.model.llm.moe)
             loss = lm_loss + w_balance * balance + w_z * z
-        return MM1Output(loss, out.logits, lm_loss, balance, z, out.past_key_values,
+        return MM1Output(loss, out.logits, lm_loss, balance, z, out.cache,
                          expert_load(out.router_logits, self.num_experts, self.llm.config.num_experts_per_tok)
                          if extra else None)
 
@@ -161,7 +161,7 @@ class MM1Model(nn.Module):
                 positions = positions[:, -step_embeds.shape[1]:]
             # Only the last position's logits are needed: skips the output layer over the whole prompt.
             logits = self.llm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=use_cache, logits_to_keep=1).logits[:, -1].float()
+                              cache=cache, use_cache=use_cache, logits_to_keep=1).logits[:, -1].float()
             token = sample(logits, temperature, top_p, generator)
             token = torch.where(finished, torch.full_like(token, eos), token)
             new_tokens.append(token)
