@@ -1,7 +1,8 @@
 """Can the LLM learn to read an attribute its image tokens carry?  Single-turn VQA from a trained model directory.
 
-`mm1 probe` finds the background colour in the default's image tokens (0.7-1.0 held out), yet the SFT model
-answers "What colour is the background?" with one word whatever the image.  This trains a model (default: the
+`mm1 probe` found the background colour in the image tokens (0.7-1.0 held out), yet the SFT model of the default
+with its encoder trained in every stage answered "What colour is the background?" with one word whatever the image.
+This measures how many questions the LLM needs to learn such a reading.  It trains a model (default: the
 demo's CPT model, `runs/tiny/cpt/model`) on single-turn questions of new one- to five-object scenes of the
 training (colour, shape) pairs, batch 32, AdamW with gradient clipping at 1.0, and scores greedy answers on
 scenes of the held-out pairs.  Arms: the background question alone with every module trained; the same with the
