@@ -30,13 +30,13 @@ def run_arm(model_dir: str, kinds: list[str] | None, trained: list[str], steps: 
 
     from mm1.data.world.base import HELDOUT, TRAIN
     from mm1.data.world.scenes import questions, render, sample_scene
+    from mm1.config import StageConfig
     from mm1.model.mllm import MM1Model
+    from mm1.train.optim import set_trainable
 
     torch.manual_seed(0)
     model = MM1Model.from_pretrained(model_dir)
-    model.requires_grad_(False)
-    for name in trained:
-        getattr(model, name).requires_grad_(True)
+    set_trainable(model, StageConfig(trainable=trained))
     processor = model.processor
 
     def samples(split, rng: random.Random, n: int) -> list[tuple]:
