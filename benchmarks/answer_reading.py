@@ -8,42 +8,91 @@ training (colour, shape) pairs, batch 32, AdamW with gradient clipping at 1.0, a
 scenes of the held-out pairs.  Arms: the background question alone with every module trained; the same with the
 encoder and connector frozen (what the LLM alone can learn from the tokens as they are); every question type of
 the world (count, colour, shape, existence, position, size, background) with every module trained.
+
+`--family grounding` asks the same of place: "Where is the red circle? Answer with a bounding box.", scored as
+the grounding task is (a box is right at IoU >= 0.5; mean IoU as partial credit).  Arms: the connector and LLM
+trained (what the default's SFT trains); the same with a learnt grid position embedding added to the image tokens
+(`connector.position_embedding`, new weights), so that place is in the tokens the LLM reads; every module trained
+(an encoder that may learn to locate); and, since split tiles share one grid embedding (only the overview's
+tokens say where in the image they are), the first two on the overview view alone.
+Results: results/answer_reading[_grounding].json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
 from common import REPO, Bench, cli, table
 
-ARMS = {  # name -> (question kinds trained, modules trained)
-    "background, all modules": (["background"], ["encoder", "connector", "llm"]),
-    "background, LLM only": (["background"], ["llm"]),
-    "every kind, all modules": (None, ["encoder", "connector", "llm"]),
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    kinds: list[str] | None  # question kinds trained and scored; None: every VQA kind
+    trained: list[str]  # modules trained
+    position: bool = False  # a grid position embedding added to the image tokens (new weights)
+    split: bool = True  # views as the model's config makes them (the CPT model: tiles + overview); False: one view
+
+
+ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
+FAMILIES = {
+    "vqa": {
+        "background, all modules": Arm(["background"], ALL),
+        "background, LLM only": Arm(["background"], ["llm"]),
+        "every kind, all modules": Arm(None, ALL),
+    },
+    "grounding": {
+        "box, connector + LLM": Arm(["ground-box"], CONNECTOR_LLM),
+        "box, connector + LLM, grid position": Arm(["ground-box"], CONNECTOR_LLM, position=True),
+        "box, all modules": Arm(["ground-box"], ALL),
+        "box, connector + LLM, overview only": Arm(["ground-box"], CONNECTOR_LLM, split=False),
+        "box, connector + LLM, grid position, overview only": Arm(["ground-box"], CONNECTOR_LLM, True, False),
+    },
 }
 
 
-def run_arm(model_dir: str, kinds: list[str] | None, trained: list[str], steps: int, every: int, lr: float,
-            test_samples: int) -> list[dict]:
+def with_grid_position(model):
+    """The same model with `connector.position_embedding` on: every trained weight copied, the embedding new."""
+    from mm1.model.mllm import MM1Model
+
+    cfg = model.config
+    connector = dataclasses.replace(cfg.model.connector, position_embedding=True)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, connector=connector))
+    grown = MM1Model(cfg, model.processor.tokenizer, model.hf_configs(), load_weights=False)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or not all(name.startswith("connector.position.") for name in missing):
+        raise ValueError(f"unexpected weights: missing {missing}, unexpected {unexpected}")
+    return grown
+
+
+def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_samples: int) -> list[dict]:
     import torch
 
-    from mm1.data.world.base import HELDOUT, TRAIN
-    from mm1.data.world.scenes import questions, render, sample_scene
     from mm1.config import StageConfig
+    from mm1.data.coords import from_bins, parse_regions
+    from mm1.data.world.base import HELDOUT, TRAIN
+    from mm1.data.world.scenes import grounding, questions, render, sample_scene
+    from mm1.eval.metrics import iou
     from mm1.model.mllm import MM1Model
     from mm1.train.optim import set_trainable
 
     torch.manual_seed(0)
     model = MM1Model.from_pretrained(model_dir)
-    set_trainable(model, StageConfig(trainable=trained))
-    processor = model.processor
+    if arm.position:
+        model = with_grid_position(model)
+    if not arm.split:
+        image = model.config.image
+        model.set_image_config(dataclasses.replace(image, split=dataclasses.replace(image.split, enabled=False)))
+    set_trainable(model, StageConfig(trainable=arm.trained))
+    processor, kinds = model.processor, arm.kinds
+    boxes = kinds is not None and all(kind.startswith("ground") for kind in kinds)
 
     def samples(split, rng: random.Random, n: int) -> list[tuple]:
         out = []
         while len(out) < n:
             scene = sample_scene(rng, split)
-            out += [(render(scene), qa.question, qa.answer, qa.task) for qa in questions(scene, rng, split)
+            asked = grounding(scene, rng) if boxes else questions(scene, rng, split)
+            out += [(render(scene), qa.question, qa.answer, qa.task, scene) for qa in asked
                     if kinds is None or qa.task in kinds]
         return out[:n]
 
@@ -53,17 +102,32 @@ def run_arm(model_dir: str, kinds: list[str] | None, trained: list[str], steps: 
             messages.append({"role": "assistant", "content": answer})
         return processor.encode_chat(messages, [image], add_generation_prompt=answer is None)
 
+    def box_iou(prediction: str, answer: str, scene) -> float:
+        regions, _ = parse_regions(prediction)
+        if not regions or regions[0].kind != "box":
+            return 0.0
+        pixels = [[from_bins(v, scene.size[i % 2]) for i, v in enumerate(region.coords)]
+                  for region in (regions[0], parse_regions(answer)[0][0])]  # the answer is the object's box
+        return iou(*pixels)
+
     test = samples(HELDOUT, HELDOUT.rng(0, "answer-reading"), test_samples)
-    prompts = [encode(image, question, None) for image, question, _, _ in test]
+    prompts = [encode(image, question, None) for image, question, *_ in test]
 
     def accuracy() -> dict[str, float]:
         model.eval()
-        right: dict[str, list[bool]] = {}
+        right: dict[str, list[float]] = {}
         for start in range(0, len(test), 64):
             batch = processor.collate(prompts[start:start + 64], padding_side="left")
-            out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=6)
-            for ids, (_, _, answer, task) in zip(out.tolist(), test[start:start + 64]):
-                right.setdefault(task, []).append(processor.decode(ids).split("\n")[0].strip() == answer)
+            out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                 max_new_tokens=24 if boxes else 6)
+            for ids, (_, _, answer, task, scene) in zip(out.tolist(), test[start:start + 64]):
+                prediction = processor.decode(ids).split("\n")[0].strip()
+                if boxes:
+                    overlap = box_iou(prediction, answer, scene)
+                    right.setdefault(f"{task} IoU>=0.5", []).append(float(overlap >= 0.5))
+                    right.setdefault(f"{task} mean IoU", []).append(overlap)
+                else:
+                    right.setdefault(task, []).append(float(prediction == answer))
         model.train()
         return {k: sum(v) / len(v) for k, v in sorted(right.items())}
 
@@ -71,7 +135,7 @@ def run_arm(model_dir: str, kinds: list[str] | None, trained: list[str], steps: 
     rng = TRAIN.rng(0, "answer-reading")
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
-        batch = processor.collate([encode(image, q, a) for image, q, a, _ in samples(TRAIN, rng, 32)])
+        batch = processor.collate([encode(image, q, a) for image, q, a, *_ in samples(TRAIN, rng, 32)])
         loss = model(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"],
                      labels=batch["labels"]).loss
         optimizer.zero_grad()
@@ -88,19 +152,21 @@ def run_arm(model_dir: str, kinds: list[str] | None, trained: list[str], steps: 
 def main() -> None:
     p = cli(__doc__)
     p.add_argument("--model", default=str(REPO / "runs" / "tiny" / "cpt" / "model"))
+    p.add_argument("--family", choices=sorted(FAMILIES), default="vqa")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=3e-4)
     args = p.parse_args()
-    bench = Bench("answer_reading", args)
+    bench = Bench("answer_reading" + ("" if args.family == "vqa" else f"_{args.family}"), args)
     steps = 40 if args.quick else args.steps
     results, text = {}, []
-    for name, (kinds, trained) in ARMS.items():
-        arm_steps = steps if kinds is None else max(1, steps // 2)  # one kind is learnt in fewer steps or not at all
-        rows = run_arm(args.model, kinds, trained, arm_steps, max(1, arm_steps // 4), args.lr,
+    for name, arm in FAMILIES[args.family].items():
+        # one VQA kind is learnt in fewer steps or not at all; a box is many tokens and gets the full length
+        arm_steps = steps if arm.kinds is None or args.family == "grounding" else max(1, steps // 2)
+        rows = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
                        test_samples=32 if args.quick else 400)
         results[name] = rows
-        text.append(table(rows, f"{name}: held-out accuracy per question kind ({args.model})"))
-    bench.save({"model": args.model, "lr": args.lr, "arms": results}, text)
+        text.append(table(rows, f"{name}: held-out scores ({args.model})"))
+    bench.save({"model": args.model, "family": args.family, "lr": args.lr, "arms": results}, text)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from mm1.data.world.base import COLOURS, HELD_OUT_PAIRS, HELD_OUT_WORDS, HELDOUT
 from mm1.data.world import ui
 from mm1.data.world.conversations import CATEGORIES
 from mm1.data.world.documents import QUIZ_ANSWER_STYLES, quiz
+from mm1.data.world.scenes import sample_scene
 from mm1.data.world.video import FRAMES
+from mm1.eval.metrics import iou
 
 SEED = 7
 EVAL_TASKS = ("ocr", "text_rich", "multi_image", "video", "ui")
@@ -336,3 +338,16 @@ def test_ui_taps_need_the_screen_no_fixed_point_hits_most_buttons():
     best = max(sum(x1 <= x < x2 and y1 <= y < y2 for x1, y1, x2, y2 in (q.box for q in taps))
                for x in range(0, ui.WIDTH, 10) for y in range(0, ui.HEIGHT, 10))
     assert best / len(taps) < 0.3
+
+
+def test_grounding_needs_the_image_no_fixed_box_hits():
+    """The chance level of the grounding row: the best single box an image-blind model could give every time."""
+    rng = HELDOUT.rng(SEED, "ground-blind")
+    boxes = []
+    for _ in range(300):
+        scene = sample_scene(rng, HELDOUT)
+        boxes.append([v / scene.size[i % 2] for i, v in enumerate(rng.choice(scene.objects).box)])
+    corners, sides = np.linspace(0, 0.8, 17), np.linspace(0.1, 0.4, 7)
+    best = max(sum(iou((x, y, x + w, y + w), box) >= 0.5 for box in boxes)
+               for x in corners for y in corners for w in sides) / len(boxes)
+    assert 0 < best < 0.1
