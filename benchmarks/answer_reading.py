@@ -69,10 +69,11 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     import torch
 
     from mm1.config import StageConfig
-    from mm1.data.coords import from_bins, parse_regions
+    from mm1.data.annotations import Sample
+    from mm1.data.coords import text_to_box
     from mm1.data.world.base import HELDOUT, TRAIN
     from mm1.data.world.scenes import grounding, questions, render, sample_scene
-    from mm1.eval.metrics import iou
+    from mm1.eval.metrics import grounding as grounding_metric
     from mm1.model.mllm import MM1Model
     from mm1.train.optim import set_trainable
 
@@ -102,33 +103,27 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
             messages.append({"role": "assistant", "content": answer})
         return processor.encode_chat(messages, [image], add_generation_prompt=answer is None)
 
-    def box_iou(prediction: str, answer: str, scene) -> float:
-        regions, _ = parse_regions(prediction)
-        if not regions or regions[0].kind != "box":
-            return 0.0
-        pixels = [[from_bins(v, scene.size[i % 2]) for i, v in enumerate(region.coords)]
-                  for region in (regions[0], parse_regions(answer)[0][0])]  # the answer is the object's box
-        return iou(*pixels)
-
     test = samples(HELDOUT, HELDOUT.rng(0, "answer-reading"), test_samples)
     prompts = [encode(image, question, None) for image, question, *_ in test]
+    if boxes:  # scored by the grounding task's own metric; the answer is the object's box
+        targets = [Sample(str(i), box=text_to_box(answer, scene.size), size=scene.size)
+                   for i, (_, _, answer, _, scene) in enumerate(test)]
 
     def accuracy() -> dict[str, float]:
         model.eval()
-        right: dict[str, list[float]] = {}
+        predictions = []
         for start in range(0, len(test), 64):
             batch = processor.collate(prompts[start:start + 64], padding_side="left")
             out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                  max_new_tokens=24 if boxes else 6)
-            for ids, (_, _, answer, task, scene) in zip(out.tolist(), test[start:start + 64]):
-                prediction = processor.decode(ids).split("\n")[0].strip()
-                if boxes:
-                    overlap = box_iou(prediction, answer, scene)
-                    right.setdefault(f"{task} IoU>=0.5", []).append(float(overlap >= 0.5))
-                    right.setdefault(f"{task} mean IoU", []).append(overlap)
-                else:
-                    right.setdefault(task, []).append(float(prediction == answer))
+            predictions += [processor.decode(ids).split("\n")[0].strip() for ids in out.tolist()]
         model.train()
+        if boxes:
+            result = grounding_metric(predictions, targets)
+            return {"IoU>=0.5": result.score, "mean IoU": result.details.get("mean_iou", 0.0)}
+        right: dict[str, list[bool]] = {}
+        for prediction, (_, _, answer, task, _) in zip(predictions, test):
+            right.setdefault(task, []).append(prediction == answer)
         return {k: sum(v) / len(v) for k, v in sorted(right.items())}
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
