@@ -15,7 +15,11 @@ trained (what the default's SFT trains); the same with a learnt grid position em
 (`connector.position_embedding`, new weights), so that place is in the tokens the LLM reads; every module trained
 (an encoder that may learn to locate); and, since split tiles share one grid embedding (only the overview's
 tokens say where in the image they are), the first two on the overview view alone.
-Results: results/answer_reading[_grounding].json.
+
+`--family grounding-long` trains the first grounding arm for longer (1,500 steps unless `--steps`), beside the
+same on one-object scenes, where "the red circle" is the only thing in the picture: no referring is needed, only
+turning place into coordinates, so the two arms separate finding the object from writing where it is.
+Results: results/answer_reading[_grounding|_grounding-long].json.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Arm:
     trained: list[str]  # modules trained
     position: bool = False  # a grid position embedding added to the image tokens (new weights)
     split: bool = True  # views as the model's config makes them (the CPT model: tiles + overview); False: one view
+    objects: int | None = None  # objects per scene; None: 1-5, as the world samples them
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -48,7 +53,12 @@ FAMILIES = {
         "box, connector + LLM, overview only": Arm(["ground-box"], CONNECTOR_LLM, split=False),
         "box, connector + LLM, grid position, overview only": Arm(["ground-box"], CONNECTOR_LLM, True, False),
     },
+    "grounding-long": {
+        "box, connector + LLM": Arm(["ground-box"], CONNECTOR_LLM),
+        "box, connector + LLM, one object per scene": Arm(["ground-box"], CONNECTOR_LLM, objects=1),
+    },
 }
+DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500}
 
 
 def with_grid_position(model):
@@ -91,7 +101,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     def samples(split, rng: random.Random, n: int) -> list[tuple]:
         out = []
         while len(out) < n:
-            scene = sample_scene(rng, split)
+            scene = sample_scene(rng, split, arm.objects)
             asked = grounding(scene, rng) if boxes else questions(scene, rng, split)
             out += [(render(scene), qa.question, qa.answer, qa.task, scene) for qa in asked
                     if kinds is None or qa.task in kinds]
@@ -148,15 +158,15 @@ def main() -> None:
     p = cli(__doc__)
     p.add_argument("--model", default=str(REPO / "runs" / "tiny" / "cpt" / "model"))
     p.add_argument("--family", choices=sorted(FAMILIES), default="vqa")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, help="steps per arm (default: 400; grounding-long 1,500)")
     p.add_argument("--lr", type=float, default=3e-4)
     args = p.parse_args()
     bench = Bench("answer_reading" + ("" if args.family == "vqa" else f"_{args.family}"), args)
-    steps = 40 if args.quick else args.steps
+    steps = 40 if args.quick else args.steps or DEFAULT_STEPS[args.family]
     results, text = {}, []
     for name, arm in FAMILIES[args.family].items():
         # one VQA kind is learnt in fewer steps or not at all; a box is many tokens and gets the full length
-        arm_steps = steps if arm.kinds is None or args.family == "grounding" else max(1, steps // 2)
+        arm_steps = steps if arm.kinds is None or args.family != "vqa" else max(1, steps // 2)
         rows = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
                        test_samples=32 if args.quick else 400)
         results[name] = rows
