@@ -19,7 +19,13 @@ tokens say where in the image they are), the first two on the overview view alon
 `--family grounding-long` trains the first grounding arm for longer (1,500 steps unless `--steps`), beside the
 same on one-object scenes, where "the red circle" is the only thing in the picture: no referring is needed, only
 turning place into coordinates, so the two arms separate finding the object from writing where it is.
-Results: results/answer_reading[_grounding|_grounding-long].json.
+
+`--family grounding-curriculum` (1,000 steps unless `--steps`) asks whether writing boxes first helps finding the
+object: the first arm again, then the same with the first half of its steps on one-object scenes (MM1.5's
+curricula go from easy data to hard), and that with the grid position embedding, so that the token the LLM
+attends to says where it is (rotary positions enter attention scores, not what a head reads).  Box scores are
+given apart for the held-out scenes of one object and of 2-5.
+Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum].json.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Arm:
     split: bool = True  # views as the model's config makes them (the CPT model: tiles + overview); False: one view
     objects: int | None = None  # objects per scene; None: 1-5, as the world samples them
     share: float = 1.0  # of the family's steps: one VQA kind is learnt in fewer steps or not at all
+    one_object_first: float = 0.0  # a curriculum: this share of the steps on one-object scenes, the rest as `objects`
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -59,8 +66,14 @@ FAMILIES = {
         "box, connector + LLM": BOX,
         "box, connector + LLM, one object per scene": dataclasses.replace(BOX, objects=1),
     },
+    "grounding-curriculum": {
+        "box, connector + LLM": BOX,
+        "box, connector + LLM, one object per scene for the first half": dataclasses.replace(BOX, one_object_first=0.5),
+        "box, connector + LLM, grid position, one object first": dataclasses.replace(
+            BOX, position=True, one_object_first=0.5),
+    },
 }
-DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500}
+DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000}
 
 
 def with_grid_position(model):
@@ -100,10 +113,10 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     processor, kinds = model.processor, arm.kinds
     boxes = kinds is not None and all(kind.startswith("ground") for kind in kinds)
 
-    def samples(split, rng: random.Random, n: int) -> list[tuple]:
+    def samples(split, rng: random.Random, n: int, objects: int | None = arm.objects) -> list[tuple]:
         out = []
         while len(out) < n:
-            scene = sample_scene(rng, split, arm.objects)
+            scene = sample_scene(rng, split, objects)
             asked = grounding(scene, rng) if boxes else questions(scene, rng, split)
             out += [(render(scene), qa.question, qa.answer, qa.task, scene) for qa in asked
                     if kinds is None or qa.task in kinds]
@@ -130,9 +143,14 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
                                  max_new_tokens=24 if boxes else 6)
             predictions += [processor.decode(ids).split("\n")[0].strip() for ids in out.tolist()]
         model.train()
-        if boxes:
-            result = grounding_metric(predictions, targets)
-            return {"IoU>=0.5": result.score, "mean IoU": result.details.get("mean_iou", 0.0)}
+        if boxes:  # overall, and apart on one-object scenes, where no object has to be told from another
+            scores = {}
+            for name, one in (("", None), (", 1 object", True), (", 2-5 objects", False)):
+                keep = [i for i, (*_, scene) in enumerate(test) if one is None or (len(scene.objects) == 1) == one]
+                if keep and (one is None or len(keep) < len(test)):
+                    result = grounding_metric([predictions[i] for i in keep], [targets[i] for i in keep])
+                    scores |= {f"IoU>=0.5{name}": result.score, f"mean IoU{name}": result.details.get("mean_iou", 0)}
+            return scores
         right: dict[str, list[bool]] = {}
         for prediction, (_, _, answer, task, _) in zip(predictions, test):
             right.setdefault(task, []).append(prediction == answer)
@@ -142,7 +160,8 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     rng = TRAIN.rng(0, "answer-reading")
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
-        batch = processor.collate([encode(image, q, a) for image, q, a, *_ in samples(TRAIN, rng, 32)])
+        objects = 1 if step <= arm.one_object_first * steps else arm.objects
+        batch = processor.collate([encode(image, q, a) for image, q, a, *_ in samples(TRAIN, rng, 32, objects)])
         loss = model(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"],
                      labels=batch["labels"]).loss
         optimizer.zero_grad()
@@ -162,11 +181,18 @@ def main() -> None:
     p.add_argument("--family", choices=sorted(FAMILIES), default="vqa")
     p.add_argument("--steps", type=int, help="steps per arm (default: 400; grounding-long 1,500)")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
     args = p.parse_args()
     bench = Bench("answer_reading" + ("" if args.family == "vqa" else f"_{args.family}"), args)
     steps = 40 if args.quick else args.steps or DEFAULT_STEPS[args.family]
     results, text = {}, []
-    for name, arm in FAMILIES[args.family].items():
+    arms = FAMILIES[args.family]
+    unknown = sorted(set(args.arm or []) - set(arms))
+    if unknown:
+        raise SystemExit(f"--arm {unknown}: not an arm of {args.family}; its arms: {sorted(arms)}")
+    for name, arm in arms.items():
+        if args.arm and name not in args.arm:
+            continue
         arm_steps = max(1, int(steps * arm.share))
         rows = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
                        test_samples=32 if args.quick else 400)
