@@ -25,7 +25,10 @@ object: the first arm again, then the same with the first half of its steps on o
 curricula go from easy data to hard), and that with the grid position embedding, so that the token the LLM
 attends to says where it is (rotary positions enter attention scores, not what a head reads).  Box scores are
 given apart for the held-out scenes of one object and of 2-5.
-Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum].json.
+`--family grounding-colour` (1,000 steps) is the curriculum arm with the object named by its colour alone ("the
+red shape"), which every held-out scene makes unique (training questions where it is not are left out): is the
+colour word the one the LLM fails to follow, or the two-word name?
+Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour].json.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Arm:
     objects: int | None = None  # objects per scene; None: 1-5, as the world samples them
     share: float = 1.0  # of the family's steps: one VQA kind is learnt in fewer steps or not at all
     one_object_first: float = 0.0  # a curriculum: this share of the steps on one-object scenes, the rest as `objects`
+    colour_only: bool = False  # "the red shape" for "the red circle"; questions whose colour is not unique dropped
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -72,8 +76,13 @@ FAMILIES = {
         "box, connector + LLM, grid position, one object first": dataclasses.replace(
             BOX, position=True, one_object_first=0.5),
     },
+    "grounding-colour": {
+        "box, connector + LLM, one object first, named by colour alone": dataclasses.replace(
+            BOX, one_object_first=0.5, colour_only=True),
+    },
 }
-DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000}
+DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000,
+                 "grounding-colour": 1000}
 
 
 def with_grid_position(model):
@@ -95,7 +104,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
 
     from mm1.config import StageConfig
     from mm1.data.annotations import Sample
-    from mm1.data.coords import text_to_box
+    from mm1.data.coords import box_to_text, text_to_box
     from mm1.data.world.base import HELDOUT, TRAIN
     from mm1.data.world.scenes import grounding, questions, render, sample_scene
     from mm1.eval.metrics import grounding as grounding_metric
@@ -113,13 +122,22 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     processor, kinds = model.processor, arm.kinds
     boxes = kinds is not None and all(kind.startswith("ground") for kind in kinds)
 
+    def by_colour(qa, scene):
+        """The box question with the object named by its colour alone; None where another object shares it."""
+        obj = next(o for o in scene.objects if box_to_text(o.box, scene.size) == qa.answer)
+        if sum(o.colour == obj.colour for o in scene.objects) > 1:
+            return None
+        return dataclasses.replace(qa, question=qa.question.replace(obj.name, f"{obj.colour} shape"))
+
     def samples(split, rng: random.Random, n: int, objects: int | None = arm.objects) -> list[tuple]:
         out = []
         while len(out) < n:
             scene = sample_scene(rng, split, objects)
             asked = grounding(scene, rng) if boxes else questions(scene, rng, split)
-            out += [(render(scene), qa.question, qa.answer, qa.task, scene) for qa in asked
-                    if kinds is None or qa.task in kinds]
+            asked = [qa for qa in asked if kinds is None or qa.task in kinds]
+            if arm.colour_only:
+                asked = [qa for qa in (by_colour(qa, scene) for qa in asked) if qa is not None]
+            out += [(render(scene), qa.question, qa.answer, qa.task, scene) for qa in asked]
         return out[:n]
 
     def encode(image, question: str, answer: str | None):
@@ -179,7 +197,8 @@ def main() -> None:
     p = cli(__doc__)
     p.add_argument("--model", default=str(REPO / "runs" / "tiny" / "cpt" / "model"))
     p.add_argument("--family", choices=sorted(FAMILIES), default="vqa")
-    p.add_argument("--steps", type=int, help="steps per arm (default: 400; grounding-long 1,500)")
+    p.add_argument("--steps", type=int,
+                   help="steps per arm (default: 400; grounding-long 1,500; grounding-curriculum, -colour 1,000)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
     args = p.parse_args()
