@@ -25,6 +25,7 @@ object: the first arm again, then the same with the first half of its steps on o
 curricula go from easy data to hard), and that with the grid position embedding, so that the token the LLM
 attends to says where it is (rotary positions enter attention scores, not what a head reads).  Box scores are
 given apart for the held-out scenes of one object and of 2-5.
+
 `--family grounding-colour` (1,000 steps) is the curriculum arm with the object named by its colour alone ("the
 red shape"), which every held-out scene makes unique (training questions where it is not are left out): is the
 colour word the one the LLM fails to follow, or the two-word name?
@@ -162,12 +163,15 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
             predictions += [processor.decode(ids).split("\n")[0].strip() for ids in out.tolist()]
         model.train()
         if boxes:  # overall, and apart on one-object scenes, where no object has to be told from another
+            one = [len(scene.objects) == 1 for *_, scene in test]
+            groups = {"": [True] * len(test)}
+            if any(one) and not all(one):
+                groups |= {", 1 object": one, ", 2-5 objects": [not x for x in one]}
             scores = {}
-            for name, one in (("", None), (", 1 object", True), (", 2-5 objects", False)):
-                keep = [i for i, (*_, scene) in enumerate(test) if one is None or (len(scene.objects) == 1) == one]
-                if keep and (one is None or len(keep) < len(test)):
-                    result = grounding_metric([predictions[i] for i in keep], [targets[i] for i in keep])
-                    scores |= {f"IoU>=0.5{name}": result.score, f"mean IoU{name}": result.details.get("mean_iou", 0)}
+            for name, keep in groups.items():
+                result = grounding_metric([pred for pred, k in zip(predictions, keep) if k],
+                                          [t for t, k in zip(targets, keep) if k])
+                scores |= {f"IoU>=0.5{name}": result.score, f"mean IoU{name}": result.details.get("mean_iou", 0.0)}
             return scores
         right: dict[str, list[bool]] = {}
         for prediction, (_, _, answer, task, _) in zip(predictions, test):
@@ -197,8 +201,7 @@ def main() -> None:
     p = cli(__doc__)
     p.add_argument("--model", default=str(REPO / "runs" / "tiny" / "cpt" / "model"))
     p.add_argument("--family", choices=sorted(FAMILIES), default="vqa")
-    p.add_argument("--steps", type=int,
-                   help="steps per arm (default: 400; grounding-long 1,500; grounding-curriculum, -colour 1,000)")
+    p.add_argument("--steps", type=int, help=f"steps per arm (default per family: {DEFAULT_STEPS})")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
     args = p.parse_args()
