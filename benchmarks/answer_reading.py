@@ -29,7 +29,7 @@ given apart for the held-out scenes of one object and of 2-5.
 `--family grounding-colour` (1,000 steps) is the curriculum arm with the object named by its colour alone ("the
 red shape"), which every held-out scene makes unique (training questions where it is not are left out): is the
 colour word the one the LLM fails to follow, or the two-word name?
-Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour].json.
+Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour][_TAG].json.
 """
 
 from __future__ import annotations
@@ -204,8 +204,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, help=f"steps per arm (default per family: {DEFAULT_STEPS})")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
+    p.add_argument("--tag", help="appended to the results' name, to keep a run on another --model apart")
     args = p.parse_args()
-    bench = Bench("answer_reading" + ("" if args.family == "vqa" else f"_{args.family}"), args)
+    name = "answer_reading" + ("" if args.family == "vqa" else f"_{args.family}") + (f"_{args.tag}" if args.tag else "")
+    bench = Bench(name, args)
     steps = 40 if args.quick else args.steps or DEFAULT_STEPS[args.family]
     results, text = {}, []
     arms = FAMILIES[args.family]

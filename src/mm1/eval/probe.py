@@ -5,10 +5,17 @@ When a task fails ("What shape is the red object?" answered at chance), the faul
 classifier on the features tells the two apart.  It is fitted on one-object scenes of the world's training
 colour-shape pairs and scored on scenes of the held-out pairs, as the VQA benchmark is: features that tie shape to
 colour (a shortcut the training pairs allow) score at or below chance there.
+
+Grounding needs more than an attribute somewhere in the view: "the red circle" has to be found in the token that
+holds it.  The token rows (TOKEN_ATTRIBUTES) ask that of each encoder patch and each image token on their own, in
+scenes of one to five objects: the colour of the object centred in the token's cell, and, as the control, the colour
+of another object of the scene.  Local features score high on the first and low on the second; features that spread
+the scene over every token score alike on both.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +25,7 @@ import torch
 from mm1.config import ImageConfig
 from mm1.data.image import ViewMaker
 from mm1.data.world.base import COLOURS, HELDOUT, SHAPES, TRAIN, Split
-from mm1.data.world.scenes import BACKGROUNDS, SIZES, Scene, render, sample_scene
+from mm1.data.world.scenes import BACKGROUNDS, SIZES, Obj, Scene, render, sample_scene
 from mm1.eval.harness import inference
 from mm1.model.mllm import MM1Model
 
@@ -32,8 +39,10 @@ class Attribute:
     classes: tuple[str, ...]
     label: Callable[[Scene], str]
 
-    def labels(self, group: list[Scene]) -> np.ndarray:
-        return np.array([self.classes.index(self.label(s)) for s in group])
+    def rows(self, grid: np.ndarray, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of the group's views; grid is (views, tokens, channels)."""
+        pooled = grid.mean(1) if kind == "encoder" else grid.reshape(len(grid), -1)
+        return pooled, np.array([self.classes.index(self.label(s)) for s in group])
 
 
 ATTRIBUTES = {
@@ -46,9 +55,48 @@ ATTRIBUTES = {
         _third(s.objects[0].centre[1], s.height)]),
     "background": Attribute(tuple(BACKGROUNDS), lambda s: s.background),
 }
-# "encoder": the mean of the view's patch features (what it holds anywhere in the view); "connector": its image
-# tokens side by side, in the order the LLM reads them (so place can be read from which token holds what).
+
+
+@dataclass(frozen=True)
+class TokenAttribute:
+    """A label of one patch or image token, from the object centred in its cell (None: the token is not scored)."""
+    classes: tuple[str, ...]
+    label: Callable[[Scene, Obj], str | None]
+
+    def rows(self, grid: np.ndarray, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of every scored patch or token of the group's views."""
+        side, rows, labels = math.isqrt(grid.shape[1]), [], []
+        for index, scene in enumerate(group):
+            for cell, obj in object_cells(scene, side).items():
+                label = self.label(scene, obj)
+                if label is not None:
+                    rows.append(grid[index, cell])
+                    labels.append(self.classes.index(label))
+        if not rows:
+            raise ValueError(f"no patch or token of {len(group)} scenes holds exactly one object's centre "
+                             f"(a grid of {grid.shape[1]} tokens per view)")
+        return np.array(rows), np.array(labels)
+
+
+TOKEN_ATTRIBUTES = {
+    "colour at its token": TokenAttribute(tuple(COLOURS), lambda scene, obj: obj.colour),
+    "colour of another object": TokenAttribute(tuple(COLOURS), lambda scene, obj: next(
+        (o.colour for o in scene.objects if o.colour != obj.colour), None)),
+}
+# The grids are the view's encoder patches and its image tokens (row-major).  Whole-scene attributes read the
+# patches' mean ("encoder": what the view holds anywhere) and the tokens side by side ("connector": in the order the
+# LLM reads them, so place can be read from which token holds what); token attributes read one patch or token.
 FEATURES = ("encoder", "connector")
+
+
+def object_cells(scene: Scene, side: int) -> dict[int, Obj]:
+    """{cell: object} for the cells of a side x side grid over the view (the image resized onto a square, anchored
+    top-left) that hold exactly one object's centre."""
+    extent, held = max(scene.size), {}
+    for obj in scene.objects:
+        x, y = obj.centre
+        held.setdefault(int(y * side / extent) * side + int(x * side / extent), []).append(obj)
+    return {cell: objs[0] for cell, objs in held.items() if len(objs) == 1}
 
 
 def ridge_accuracy(fit_x: np.ndarray, fit_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, classes: int,
@@ -61,13 +109,14 @@ def ridge_accuracy(fit_x: np.ndarray, fit_y: np.ndarray, test_x: np.ndarray, tes
     return float((np.argmax(test_x @ weights, axis=1) == test_y).mean())
 
 
-def scenes(split: Split, seed: int, n: int) -> list[Scene]:
-    rng = split.rng(seed, "probe")
-    return [sample_scene(rng, split, n=1) for _ in range(n)]
+def scenes(split: Split, seed: int, n: int, objects: int | None = 1) -> list[Scene]:
+    rng = split.rng(seed, "probe" if objects == 1 else "probe-tokens")
+    return [sample_scene(rng, split, n=objects) for _ in range(n)]
 
 
 def features(model: MM1Model, images: list, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Encoder and connector features (see FEATURES) of one static view per image at the model's view size."""
+    """Encoder patches and image tokens, (images, tokens, channels) each, of one static view per image at the model's
+    view size."""
     views = ViewMaker(ImageConfig(size=model.config.image.size), model.config.model.encoder)
     device = next(model.parameters()).device
     out = {name: [] for name in FEATURES}
@@ -75,29 +124,30 @@ def features(model: MM1Model, images: list, batch_size: int = 64) -> dict[str, n
         for start in range(0, len(images), batch_size):
             pixels = torch.cat([views(im, 1).pixels for im in images[start:start + batch_size]]).to(device)
             patches = model.encoder(pixels)
-            out["encoder"].append(patches.float().mean(1).cpu().numpy())
-            out["connector"].append(model.connector(patches).float().flatten(1).cpu().numpy())
+            out["encoder"].append(patches.float().cpu().numpy())
+            out["connector"].append(model.connector(patches).float().cpu().numpy())
     return {name: np.concatenate(rows) for name, rows in out.items()}
 
 
 def probe(model: MM1Model, n_fit: int = 600, n_test: int = 300, seed: int = 0) -> dict:
     """{attribute: {"encoder": acc, "connector": acc, "encoder_seen": acc, "connector_seen": acc, "majority": the
-    held-out test set's most common class share}}.  The plain keys score held-out pairs; the `_seen` keys score
-    new scenes of the fitted (training) pairs, which tells features without the attribute (low on both) from
-    features that hold it only tied to the colours seen with it (high on seen pairs, low on held-out ones)."""
-    fit_scenes = scenes(TRAIN, seed, n_fit)
-    tests = {"": scenes(HELDOUT, seed, n_test), "_seen": scenes(TRAIN, seed + 1, n_test)}
-    fit_x = features(model, [render(s) for s in fit_scenes])
-    test_x = {suffix: features(model, [render(s) for s in group]) for suffix, group in tests.items()}
+    held-out test labels' most common class share (of the image tokens' labels for a token attribute)}}.  The plain
+    keys score held-out pairs; the `_seen` keys score new scenes of the fitted (training) pairs, which tells features
+    without the attribute (low on both) from features that hold it only tied to the colours seen with it (high on
+    seen pairs, low on held-out ones).  Whole-scene attributes use one-object scenes, token attributes 1-5 objects."""
     result = {}
-    for name, attribute in ATTRIBUTES.items():
-        fit_y = attribute.labels(fit_scenes)
-        test_y = {suffix: attribute.labels(group) for suffix, group in tests.items()}
-        row = {kind + suffix: ridge_accuracy(fit_x[kind], fit_y, test_x[suffix][kind], test_y[suffix],
-                                             len(attribute.classes))
-               for suffix in tests for kind in FEATURES}
-        row["majority"] = float(np.bincount(test_y[""]).max() / n_test)
-        result[name] = row
+    for objects, attributes in ((1, ATTRIBUTES), (None, TOKEN_ATTRIBUTES)):
+        groups = {"fit": scenes(TRAIN, seed, n_fit, objects), "": scenes(HELDOUT, seed, n_test, objects),
+                  "_seen": scenes(TRAIN, seed + 1, n_test, objects)}
+        grids = {name: features(model, [render(s) for s in group]) for name, group in groups.items()}
+        for name, attribute in attributes.items():
+            rows = {(group, kind): attribute.rows(grids[group][kind], groups[group], kind)
+                    for group in groups for kind in FEATURES}
+            row = {kind + suffix: ridge_accuracy(*rows["fit", kind], *rows[suffix, kind], len(attribute.classes))
+                   for suffix in ("", "_seen") for kind in FEATURES}
+            held_out = rows["", "connector"][1]
+            row["majority"] = float(np.bincount(held_out).max() / len(held_out))
+            result[name] = row
     return result
 
 
