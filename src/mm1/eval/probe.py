@@ -41,8 +41,7 @@ class Attribute:
 
     def rows(self, grid: np.ndarray, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, labels) of the group's views; grid is (views, tokens, channels)."""
-        pooled = grid.mean(1) if kind == "encoder" else grid.reshape(len(grid), -1)
-        return pooled, np.array([self.classes.index(self.label(s)) for s in group])
+        return POOLED[kind](grid), np.array([self.classes.index(self.label(s)) for s in group])
 
 
 ATTRIBUTES = {
@@ -86,7 +85,9 @@ TOKEN_ATTRIBUTES = {
 # The grids are the view's encoder patches and its image tokens (row-major).  Whole-scene attributes read the
 # patches' mean ("encoder": what the view holds anywhere) and the tokens side by side ("connector": in the order the
 # LLM reads them, so place can be read from which token holds what); token attributes read one patch or token.
-FEATURES = ("encoder", "connector")
+POOLED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "encoder": lambda grid: grid.mean(1), "connector": lambda grid: grid.reshape(len(grid), -1)}
+FEATURES = tuple(POOLED)
 
 
 def object_cells(scene: Scene, side: int) -> dict[int, Obj]:
