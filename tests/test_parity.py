@@ -5,7 +5,9 @@ same weights:
 
 * `ImageEncoder` (CLIP and SigLIP) == the vision model's `hidden_states[feature_layer]` (CLS dropped for CLIP),
   at the native resolution and, with `interpolate_pos_encoding=True`, at another one;
-* `build_llm` (Llama, Qwen2, Qwen3-MoE) == `AutoModelForCausalLM.from_pretrained` logits; the MoE balance loss ==
+* `build_llm` (Llama, Qwen2, Qwen3-MoE) == `AutoModelForCausalLM.from_pretrained` logits, on padded batches and
+  (our per-sample attention against transformers' block-diagonal sdpa mask) on packed rows, with their gradients;
+  the MoE balance loss ==
   transformers' `load_balancing_loss_func` (and the model's own `aux_loss`), the router z-loss == a hand
   computation;
 * `MM1Model` with an MLP connector == `LlavaForConditionalGeneration` holding the same weights (logits and loss).
@@ -41,7 +43,7 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss
 from mm1.config import EncoderConfig, LLMConfig, config_from_dict
 from mm1.data.tokenizer import build_tokenizer
 from mm1.model.encoder import ImageEncoder
-from mm1.model.llm import build_llm, moe_aux_losses, num_experts
+from mm1.model.llm import PER_SAMPLE_SDPA, build_llm, moe_aux_losses, num_experts
 from mm1.model.mllm import MM1Model
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -165,12 +167,42 @@ def test_llm_logits_match_transformers(llm_dirs, family):
     ours = build_llm(LLMConfig(type=family, path=str(path)), vocab_size=VOCAB).eval()
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     assert type(ours) is type(ref)
-    assert ours.config._attn_implementation == ref.config._attn_implementation
+    # A padding mask sends our attention to transformers' sdpa: the same kernel on the same inputs.
+    assert (ours.config._attn_implementation, ref.config._attn_implementation) == (PER_SAMPLE_SDPA, "sdpa")
     ids, mask = _ids_and_mask()
     got = ours(input_ids=ids, attention_mask=mask).logits
     expected = ref(input_ids=ids, attention_mask=mask).logits
     assert got.shape == (2, 12, VOCAB)
     torch.testing.assert_close(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3-moe"])
+def test_packed_rows_attend_within_samples_as_transformers_masks_them(llm_dirs, family):
+    """Packed rows (no mask, positions restarting per sample, data/packing.py): our sample-by-sample attention
+    gives transformers' logits and gradients under its dense block-diagonal mask, and those of each sample alone."""
+    path = llm_dirs[family]
+    ours = build_llm(LLMConfig(type=family, path=str(path)), vocab_size=VOCAB)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lengths = [[7, 12, 1, 4], [24]]  # a one-token sample, and a row that is one sample
+    ids = torch.randint(0, VOCAB, (2, 24))
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+    outputs = []
+    for model in (ours, ref):
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        logits.square().mean().backward()
+        outputs.append((logits.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
+    (got, got_grads), (expected, expected_grads) = outputs
+    torch.testing.assert_close(got, expected, **TOL)
+    assert got_grads.keys() == expected_grads.keys() and len(got_grads) > 10
+    for name in got_grads:
+        torch.testing.assert_close(got_grads[name], expected_grads[name], **TOL, msg=name)
+    with torch.no_grad():
+        alone = torch.cat([ref(input_ids=part[None], use_cache=False).logits[0]
+                           for part in ids[0].split(lengths[0])])
+    torch.testing.assert_close(got[0], alone, **TOL)
+    with torch.no_grad():  # the check can fail: attending across samples changes the later samples' logits
+        across = ref(input_ids=ids[:1], use_cache=False).logits[0]
+    assert (across[7:] - alone[7:]).abs().max() > 1e-2
 
 
 @torch.no_grad()

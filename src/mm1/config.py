@@ -100,6 +100,9 @@ class LLMConfig:
     max_positions: int = 4096
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+    # sdpa-per-sample (ours: packed rows attend within each sample) or any transformers attn_implementation
+    # (sdpa, eager, flash_attention_2, flex_attention)
+    attention: str = "sdpa-per-sample"
     moe: Optional[MoEConfig] = None
 
 

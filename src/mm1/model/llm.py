@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+import torch.nn.functional as F
+from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from mm1.config import LLMConfig, MoEConfig
@@ -37,6 +40,52 @@ LLMS.register("qwen3-moe")(
 LLMS.register("mixtral")(
     LLMFamily("mixtral", {"experts": "num_local_experts", "top_k": "num_experts_per_tok"})
 )
+
+
+# ---- attention within each packed sample -------------------------------------------------------------------------
+# A packed row (data/packing.py) has no attention mask and restarts its position ids at every sample.  transformers'
+# sdpa turns that into a dense block-diagonal mask, and the CPU kernel then computes all L^2 scores of the row;
+# attending sample by sample costs sum(l_i^2) instead (a flash-attention varlen kernel does the same on GPUs).
+PER_SAMPLE_SDPA = "sdpa-per-sample"
+
+
+def per_sample_sdpa_mask(*, attention_mask=None, q_length: int, kv_length: int, kv_offset: int = 0, **kwargs):
+    """No mask for rows without padding and cache (the attention splits them by position ids); sdpa's otherwise."""
+    if attention_mask is None and q_length == kv_length and kv_offset == 0:
+        return None
+    return sdpa_mask(attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, kv_offset=kv_offset,
+                     **kwargs)
+
+
+def sample_lengths(position_ids: torch.Tensor, batch: int) -> list[list[int]]:
+    """Per row, the lengths of its runs of consecutive positions: one run per packed sample."""
+    positions = position_ids.expand(batch, -1)
+    starts: list[list[int]] = [[0] for _ in range(batch)]
+    for row, index in (positions[:, 1:] - positions[:, :-1] != 1).nonzero().tolist():
+        starts[row].append(index + 1)
+    return [[b - a for a, b in zip(row, row[1:] + [positions.shape[1]])] for row in starts]
+
+
+def per_sample_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                              scaling: float | None = None, position_ids: torch.Tensor | None = None, **kwargs):
+    """Causal SDPA over each packed sample of each row; anything else (padding masks, a KV cache) goes to sdpa."""
+    if attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    rows = []
+    # split (not slicing): its backward is one concatenation, where each slice's would fill a zero tensor of the row
+    for lengths, q, k, v in zip(sample_lengths(position_ids, query.shape[0]), query.split(1), key.split(1),
+                                value.split(1)):
+        rows.append(torch.cat([
+            F.scaled_dot_product_attention(q_i, k_i, v_i, dropout_p=dropout, is_causal=True, scale=scaling)
+            for q_i, k_i, v_i in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))], dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(PER_SAMPLE_SDPA, per_sample_sdpa_attention)
+AttentionMaskInterface.register(PER_SAMPLE_SDPA, per_sample_sdpa_mask)
 
 
 def hf_llm_config(cfg: LLMConfig, vocab_size: int) -> PretrainedConfig:
@@ -89,9 +138,10 @@ def build_llm(cfg: LLMConfig, vocab_size: int, hf_config: PretrainedConfig | Non
               load_weights: bool = True) -> PreTrainedModel:
     hf_config = hf_config or hf_llm_config(cfg, vocab_size)
     if cfg.path and load_weights:
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, config=hf_config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(cfg.path, config=hf_config, dtype=torch.float32,
+                                                     attn_implementation=cfg.attention)
     else:
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation=cfg.attention)
     if model.get_input_embeddings().num_embeddings < vocab_size:
         # The image placeholder and chat tokens are new to a pretrained vocabulary.
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
