@@ -3,7 +3,9 @@
 Samples: the synthetic world (`mm1.data.world`, small) mixed as in MM1 pre-training (45% captions of one image,
 45% interleaved documents with 2-4 images and several hundred tokens, 10% text), encoded by the model's processor.
 Each step takes `--seqs` sequences from `Packer` (seq_len 1024); the padded step holds exactly the same samples,
-right-padded to the longest (`Processor.collate`).  The two are timed alternately with `optimizer_step`.
+right-padded to the longest (`Processor.collate`).  They are timed alternately with `optimizer_step`; the packed
+batch twice, with the LLM's default per-sample attention and with transformers' sdpa (a dense block-diagonal mask
+over the whole row), `llm.attention: sdpa` in a recipe.
 Targets (issue #9): packed >= 95% useful tokens and >= 1.5x the padded useful tokens/s.
 """
 
@@ -42,6 +44,7 @@ def main() -> None:
         args.seqs = 1
     bench = Bench("packing" if args.model == "small" else f"packing-{args.model}", args)
     from mm1.data.packing import Packer
+    from mm1.model.llm import PER_SAMPLE_SDPA
     from mm1.train.optim import build_optimizer
     from mm1.train.trainer import optimizer_step
 
@@ -68,13 +71,16 @@ def main() -> None:
     stage = world.stage(seq_len=args.seq_len, batch_size=args.seqs)
     optimizer = build_optimizer(model, stage)
     n_timed, warmup = (1, 1) if args.quick else (3, 1)
-    times = {"packed": [], "padded": []}
+    attention = {"packed": PER_SAMPLE_SDPA, "packed, dense mask": "sdpa", "padded": PER_SAMPLE_SDPA}
+    times = {kind: [] for kind in attention}
     useful_per_step = []
     for i, (sequences, samples) in enumerate(stream):
         if i == warmup + n_timed:
             break
-        batches = {"packed": packer.collate(sequences), "padded": processor.collate(samples)}
+        packed = packer.collate(sequences)
+        batches = {"packed": packed, "packed, dense mask": packed, "padded": processor.collate(samples)}
         for kind, batch in batches.items():
+            model.llm.set_attn_implementation(attention[kind])
             t = time.perf_counter()
             optimizer_step(model, [batch], optimizer, stage)
             if i >= warmup:
@@ -83,16 +89,17 @@ def main() -> None:
             useful_per_step.append(sum(len(s.input_ids) for s in samples))
     if args.profile:
         for kind, batch in batches.items():
+            model.llm.set_attn_implementation(attention[kind])
             torch_profile(lambda: optimizer_step(model, [batch], optimizer, stage), bench.name,
                           f"{args.model} {kind} step ({len(samples)} samples)")
         python_profile(lambda: [next(stream) for _ in range(10)], bench.name, "packing 10 steps of samples (data)")
 
     rows = []
-    for kind in ("packed", "padded"):
+    for kind in attention:
         tok_s = sum(useful_per_step) / sum(times[kind])
-        rows.append({"batching": kind, "useful token fraction": efficiency[kind],
+        rows.append({"batching": kind, "useful token fraction": efficiency[kind.split(",")[0]],
                      "median step s": median(times[kind]), "useful tokens/s": tok_s})
-    speedup = rows[0]["useful tokens/s"] / rows[1]["useful tokens/s"]
+    speedup = rows[0]["useful tokens/s"] / rows[2]["useful tokens/s"]
     targets = {"packed useful fraction >= 0.95": efficiency["packed"] >= 0.95, "speedup >= 1.5": speedup >= 1.5}
     mix = {"samples": len(all_lengths), "samples/step": len(all_lengths) / n_eff,
            "min len": all_lengths[0], "median len": median(all_lengths), "max len": all_lengths[-1],

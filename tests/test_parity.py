@@ -205,6 +205,11 @@ def test_packed_rows_attend_within_samples_as_transformers_masks_them(llm_dirs, 
     assert (across[7:] - alone[7:]).abs().max() > 1e-2
 
 
+def test_unknown_attention_is_named():
+    with pytest.raises(ValueError, match=r"llm.attention='sdpa-per-sampel' is not an attention implementation"):
+        build_llm(LLMConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, attention="sdpa-per-sampel"), VOCAB)
+
+
 @torch.no_grad()
 def test_llm_with_grown_vocab_keeps_pretrained_logits(llm_dirs):
     """New special tokens grow the vocabulary; the pretrained rows' logits stay exactly those of the reference."""

@@ -136,6 +136,9 @@ def hf_llm_config(cfg: LLMConfig, vocab_size: int) -> PretrainedConfig:
 
 def build_llm(cfg: LLMConfig, vocab_size: int, hf_config: PretrainedConfig | None = None,
               load_weights: bool = True) -> PreTrainedModel:
+    known = ["eager", *AttentionInterface().valid_keys()]
+    if cfg.attention not in known:
+        raise ValueError(f"llm.attention={cfg.attention!r} is not an attention implementation; one of {known}")
     hf_config = hf_config or hf_llm_config(cfg, vocab_size)
     if cfg.path and load_weights:
         model = AutoModelForCausalLM.from_pretrained(cfg.path, config=hf_config, dtype=torch.float32,
