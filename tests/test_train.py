@@ -224,14 +224,16 @@ def test_evaluation_hook_runs_during_and_after_a_stage(data, tmp_path):
 
 def test_stage_option_runs_one_stage_from_the_previous_export(data, tmp_path):
     tree = recipe(data, tmp_path / "run", steps=2)
-    tree["stages"].append(dict(tree["stages"][0], name="second", steps=2))
+    tree["stages"] += [dict(tree["stages"][0], name="second", steps=2), dict(tree["stages"][0], name="third", steps=2)]
     with pytest.raises(ValueError, match="starts from stage pretrain, which has not been run yet"):
         Trainer(config_from_dict(tree), progress=False).run("second")
-    with pytest.raises(ValueError, match="no stage 'third'"):
-        Trainer(config_from_dict(tree), progress=False).run("third")
+    with pytest.raises(ValueError, match="no stage 'fourth'"):
+        Trainer(config_from_dict(tree), progress=False).run("fourth")
     Trainer(config_from_dict(tree), progress=False).run("pretrain")
     assert not (tmp_path / "run" / "second").exists()
+    # The stage's own export, though a later stage has none yet (`mm1 train` prints it).
     assert Trainer(config_from_dict(tree), progress=False).run("second") == tmp_path / "run" / "second" / "model"
+    assert not (tmp_path / "run" / "third").exists()
 
 
 def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):

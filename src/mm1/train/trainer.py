@@ -188,13 +188,14 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
 
     def run(self, only_stage: str | None = None) -> Path:
-        """Run every stage not yet finished (or just `only_stage`); returns the last exported model directory."""
+        """Run every stage not yet finished (or just `only_stage`); returns the last exported model directory (with
+        `only_stage`, that stage's)."""
         if only_stage is not None and only_stage not in [s.name for s in self.cfg.stages]:
             raise ValueError(f"no stage {only_stage!r} in the recipe; stages: {[s.name for s in self.cfg.stages]}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.world.is_main:
             save_config(self.cfg, self.run_dir / "config.yaml")
-        previous: Path | None = None
+        previous = exported = None
         for index, stage in enumerate(self.cfg.stages):
             export = self.run_dir / stage.name / "model"
             finished = (export / "model.safetensors").is_file()
@@ -206,7 +207,9 @@ class Trainer:
             elif finished:
                 self.log(f"stage {stage.name}: already finished ({export})")
             previous = export if (export / "model.safetensors").is_file() else None
-        return previous
+            if previous is not None and only_stage in (None, stage.name):
+                exported = previous
+        return exported
 
     def tokenizer(self):
         """Built once per run (on rank 0) and saved, so every rank and every resumed run uses the same one."""
