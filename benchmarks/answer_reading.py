@@ -50,6 +50,7 @@ class Arm:
     share: float = 1.0  # of the family's steps: one VQA kind is learnt in fewer steps or not at all
     one_object_first: float = 0.0  # a curriculum: this share of the steps on one-object scenes, the rest as `objects`
     colour_only: bool = False  # "the red shape" for "the red circle"; questions whose colour is not unique dropped
+    question_first: bool = False  # the question before the image (LLaVA's data has both orders)
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -81,9 +82,14 @@ FAMILIES = {
         "box, connector + LLM, one object first, named by colour alone": dataclasses.replace(
             BOX, one_object_first=0.5, colour_only=True),
     },
+    "grounding-question-first": {
+        "box, connector + LLM, question first, one object first": dataclasses.replace(
+            BOX, one_object_first=0.5, question_first=True),
+        "box, connector + LLM, question first": dataclasses.replace(BOX, question_first=True),
+    },
 }
 DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000,
-                 "grounding-colour": 1000}
+                 "grounding-colour": 1000, "grounding-question-first": 1000}
 
 
 def with_grid_position(model):
@@ -142,7 +148,8 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
         return out[:n]
 
     def encode(image, question: str, answer: str | None):
-        messages = [{"role": "user", "content": "<image>\n" + question}]
+        content = f"{question}\n<image>" if arm.question_first else f"<image>\n{question}"
+        messages = [{"role": "user", "content": content}]
         if answer is not None:
             messages.append({"role": "assistant", "content": answer})
         return processor.encode_chat(messages, [image], add_generation_prompt=answer is None)

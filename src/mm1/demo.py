@@ -52,9 +52,11 @@ def probe_lines(probes: dict[str, dict]) -> list[str]:
              "Linear probes fitted on one-object scenes of the training pairs, scored on the held-out pairs (`mm1 "
              "probe`): encoder features / image tokens, and in brackets the same on new scenes of the training pairs. "
              "An attribute the tokens do not carry cannot be answered; one they carry but the answers miss is the "
-             "LLM's to learn; one carried on seen pairs only is tied to the colours it was seen with. The last two "
-             "rows read one patch / one token at a time in scenes of 1-5 objects: the colour of the object centred "
-             "in its cell, and of another object (local features read the first and not the second).", "",
+             "LLM's to learn; one carried on seen pairs only is tied to the colours it was seen with. The two "
+             "colour rows read one patch / one token at a time in scenes of 1-5 objects: the colour of the object "
+             "centred in its cell, and of another object (local features read the first and not the second). The "
+             "letter row tells single capitals apart on signs, fitted at the signs' font sizes and scored at a size "
+             "between them (seen: new signs at the fitted sizes).", "",
              "| attribute | majority class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
     for name in attributes:
         cells = [f"{p['encoder']:.2f} / {p['connector']:.2f} (seen {p['encoder_seen']:.2f} / {p['connector_seen']:.2f})"

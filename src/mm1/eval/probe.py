@@ -11,21 +11,29 @@ holds it.  The token rows (TOKEN_ATTRIBUTES) ask that of each encoder patch and 
 scenes of one to five objects: the colour of the object centred in the token's cell, and, as the control, the colour
 of another object of the scene.  Local features score high on the first and low on the second; features that spread
 the scene over every token score alike on both.
+
+Reading a sign needs its letters told apart first: the `letter` row fits single capitals on signs, in the world's
+sign font at its two sizes, and scores them at a size between the two (and, as `_seen`, on new signs at the fitted
+sizes).
 """
 
 from __future__ import annotations
 
 import math
+import random
+import string
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from mm1.config import ImageConfig
 from mm1.data.image import ViewMaker
 from mm1.data.world.base import COLOURS, HELDOUT, SHAPES, TRAIN, Split
 from mm1.data.world.scenes import BACKGROUNDS, SIZES, Obj, Scene, render, sample_scene
+from mm1.data.world.text_rich import font
 from mm1.eval.harness import inference
 from mm1.model.mllm import MM1Model
 
@@ -39,9 +47,12 @@ class Attribute:
     classes: tuple[str, ...]
     label: Callable[[Scene], str]
 
-    def rows(self, grid: np.ndarray, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(features, labels) of the group's views; grid is (views, tokens, channels)."""
-        return POOLED[kind](grid), np.array([self.classes.index(self.label(s)) for s in group])
+    def labels(self, group: list[Scene]) -> np.ndarray:
+        return np.array([self.classes.index(self.label(s)) for s in group])
+
+    def rows(self, grids: Reduced, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of the group's views."""
+        return grids.pooled[kind], self.labels(group)
 
 
 ATTRIBUTES = {
@@ -62,18 +73,18 @@ class TokenAttribute:
     classes: tuple[str, ...]
     label: Callable[[Scene, Obj], str | None]
 
-    def rows(self, grid: np.ndarray, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, grids: Reduced, group: list[Scene], kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, labels) of every scored patch or token of the group's views."""
-        side, rows, labels = math.isqrt(grid.shape[1]), [], []
-        for index, scene in enumerate(group):
-            for cell, obj in object_cells(scene, side).items():
+        rows, labels = [], []
+        for scene, cells in zip(group, grids.cells[kind]):
+            for cell, obj in object_cells(scene, grids.sides[kind]).items():
                 label = self.label(scene, obj)
                 if label is not None:
-                    rows.append(grid[index, cell])
+                    rows.append(cells[cell])
                     labels.append(self.classes.index(label))
         if not rows:
             raise ValueError(f"no patch or token of {len(group)} scenes holds exactly one object's centre "
-                             f"(a grid of {grid.shape[1]} tokens per view)")
+                             f"(a grid of {grids.sides[kind]}x{grids.sides[kind]} tokens per view)")
         return np.array(rows), np.array(labels)
 
 
@@ -88,6 +99,36 @@ TOKEN_ATTRIBUTES = {
 POOLED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "encoder": lambda grid: grid.mean(1), "connector": lambda grid: grid.reshape(len(grid), -1)}
 FEATURES = tuple(POOLED)
+
+
+@dataclass
+class Reduced:
+    """What the probes read of a group's grids, kept instead of the grids (a real encoder's are hundreds of
+    patches of a thousand channels per view): each kind's pooled row per view, and per view the patches or tokens
+    of the cells that hold exactly one object's centre."""
+    pooled: dict[str, np.ndarray]
+    cells: dict[str, list[dict[int, np.ndarray]]]
+    sides: dict[str, int]
+
+
+def reduce_grids(batches: Iterable[dict[str, np.ndarray]], group: list[Scene] | None = None) -> Reduced:
+    """The Reduced form of a group's grids, given a batch of (views, tokens, channels) grids per kind at a time;
+    without scenes (images that are not scenes) only the pooled rows."""
+    pooled, cells, sides, done = {k: [] for k in FEATURES}, {k: [] for k in FEATURES}, {}, 0
+    for batch in batches:
+        for kind in FEATURES:
+            grid = batch[kind]
+            sides[kind] = side = math.isqrt(grid.shape[1])
+            if side * side != grid.shape[1]:
+                raise ValueError(f"{kind} grid of {grid.shape[1]} tokens per view is not square")
+            pooled[kind].append(POOLED[kind](grid))
+            if group is not None:  # copies, not views that would keep the whole batch alive
+                cells[kind] += [{cell: grid[i, cell].copy() for cell in object_cells(scene, side)}
+                                for i, scene in enumerate(group[done:done + len(grid)])]
+        done += len(next(iter(batch.values())))
+    if group is not None and done != len(group):
+        raise ValueError(f"features of {done} views for a group of {len(group)} scenes")
+    return Reduced({k: np.concatenate(v) for k, v in pooled.items()}, cells, sides)
 
 
 def object_cells(scene: Scene, side: int) -> dict[int, Obj]:
@@ -106,8 +147,18 @@ def ridge_accuracy(fit_x: np.ndarray, fit_y: np.ndarray, test_x: np.ndarray, tes
     with the fit rows' statistics)."""
     mean, std = fit_x.mean(0), fit_x.std(0) + 1e-6
     fit_x, test_x = (fit_x - mean) / std, (test_x - mean) / std
-    weights = np.linalg.solve(fit_x.T @ fit_x + alpha * np.eye(fit_x.shape[1]), fit_x.T @ np.eye(classes)[fit_y])
+    weights = ridge_weights(fit_x, np.eye(classes)[fit_y], alpha)
     return float((np.argmax(test_x @ weights, axis=1) == test_y).mean())
+
+
+def ridge_weights(x: np.ndarray, targets: np.ndarray, alpha: float) -> np.ndarray:
+    """argmin |x w - targets|^2 + alpha |w|^2.  With more features than rows (a real model's image tokens side by
+    side: 144 x 4096 per view) the same solution comes from the rows' Gram matrix, a rows x rows solve, since
+    (x'x + aI)^-1 x' = x'(xx' + aI)^-1."""
+    rows, columns = x.shape
+    if columns <= rows:
+        return np.linalg.solve(x.T @ x + alpha * np.eye(columns), x.T @ targets)
+    return x.T @ np.linalg.solve(x @ x.T + alpha * np.eye(rows), targets)
 
 
 def scenes(split: Split, seed: int, n: int, objects: int | None = 1) -> list[Scene]:
@@ -115,19 +166,38 @@ def scenes(split: Split, seed: int, n: int, objects: int | None = 1) -> list[Sce
     return [sample_scene(rng, split, n=objects) for _ in range(n)]
 
 
-def features(model: MM1Model, images: list, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Encoder patches and image tokens, (images, tokens, channels) each, of one static view per image at the model's
-    view size."""
+def features(model: MM1Model, images: list, batch_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
+    """Encoder patches and image tokens, (views, tokens, channels) each, of one static view per image at the model's
+    view size, a batch of views at a time."""
     views = ViewMaker(ImageConfig(size=model.config.image.size), model.config.model.encoder)
     device = next(model.parameters()).device
-    out = {name: [] for name in FEATURES}
     with inference(model):
         for start in range(0, len(images), batch_size):
             pixels = torch.cat([views(im, 1).pixels for im in images[start:start + batch_size]]).to(device)
             patches = model.encoder(pixels)
-            out["encoder"].append(patches.float().cpu().numpy())
-            out["connector"].append(model.connector(patches).float().cpu().numpy())
-    return {name: np.concatenate(rows) for name, rows in out.items()}
+            tokens = model.connector(patches)
+            yield {"encoder": patches.float().cpu().numpy(), "connector": tokens.float().cpu().numpy()}
+
+
+# Reading starts from telling letters apart where a split tile shows them: one white capital on a sign, in the
+# signs' font at their sizes (24 and 28 px, fitted and `_seen`) and, held out, at a size between them.
+LETTERS = string.ascii_uppercase
+LETTER_SIZES = {"fit": (24, 28), "": (26,), "_seen": (24, 28)}
+
+
+def letter_signs(rng: random.Random, n: int, sizes: tuple[int, ...]) -> tuple[list[Image.Image], np.ndarray]:
+    """n signs of one letter each and the letters' indices.  A sign is 64 px square, about what one tile of a split
+    world sign covers, and the letter is off centre by up to 8 px."""
+    images, labels = [], []
+    for _ in range(n):
+        label = rng.randrange(len(LETTERS))
+        image = Image.new("RGB", (64, 64), COLOURS[rng.choice(list(COLOURS))])
+        centre = (32 + rng.randint(-8, 8), 32 + rng.randint(-8, 8))
+        ImageDraw.Draw(image).text(centre, LETTERS[label], font=font(rng.choice(sizes)), fill=(255, 255, 255),
+                                   anchor="mm")
+        images.append(image)
+        labels.append(label)
+    return images, np.array(labels)
 
 
 def probe(model: MM1Model, n_fit: int = 600, n_test: int = 300, seed: int = 0) -> dict:
@@ -140,16 +210,30 @@ def probe(model: MM1Model, n_fit: int = 600, n_test: int = 300, seed: int = 0) -
     for objects, attributes in ((1, ATTRIBUTES), (None, TOKEN_ATTRIBUTES)):
         groups = {"fit": scenes(TRAIN, seed, n_fit, objects), "": scenes(HELDOUT, seed, n_test, objects),
                   "_seen": scenes(TRAIN, seed + 1, n_test, objects)}
-        grids = {name: features(model, [render(s) for s in group]) for name, group in groups.items()}
+        grids = {name: reduce_grids(features(model, [render(s) for s in group]), group)
+                 for name, group in groups.items()}
         for name, attribute in attributes.items():
-            rows = {(group, kind): attribute.rows(grids[group][kind], groups[group], kind)
+            rows = {(group, kind): attribute.rows(grids[group], groups[group], kind)
                     for group in groups for kind in FEATURES}
             row = {kind + suffix: ridge_accuracy(*rows["fit", kind], *rows[suffix, kind], len(attribute.classes))
                    for suffix in ("", "_seen") for kind in FEATURES}
             held_out = rows["", "connector"][1]
             row["majority"] = float(np.bincount(held_out).max() / len(held_out))
             result[name] = row
+    result["letter"] = letter_probe(model, n_fit, n_test, seed)
     return result
+
+
+def letter_probe(model: MM1Model, n_fit: int, n_test: int, seed: int) -> dict[str, float]:
+    """The `letter` row of `probe`: capitals fitted at the signs' sizes, scored at a size between them."""
+    signs = {group: letter_signs(random.Random(f"probe-letters-{seed}{group}"), n_fit if group == "fit" else n_test,
+                                 sizes)
+             for group, sizes in LETTER_SIZES.items()}
+    pooled = {group: reduce_grids(features(model, images)).pooled for group, (images, _) in signs.items()}
+    row = {kind + suffix: ridge_accuracy(pooled["fit"][kind], signs["fit"][1], pooled[suffix][kind],
+                                         signs[suffix][1], len(LETTERS))
+           for suffix in ("", "_seen") for kind in FEATURES}
+    return row | {"majority": float(np.bincount(signs[""][1]).max() / n_test)}
 
 
 def format_probe(result: dict) -> str:
