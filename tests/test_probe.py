@@ -41,7 +41,9 @@ def test_reduce_keeps_the_pooled_rows_and_the_object_cells_across_batches():
     np.testing.assert_array_equal(whole.pooled["encoder"], grids["encoder"].mean(1))
     assert whole.pooled["connector"].shape == (10, 20) and whole.sides == {"encoder": 4, "connector": 2}
     first = next(iter(whole.cells["encoder"][0]))
-    np.testing.assert_array_equal(whole.cells["encoder"][0][first], grids["encoder"][0, first])
+    obj, feature = whole.cells["encoder"][0][first]
+    assert obj in scenes[0].objects
+    np.testing.assert_array_equal(feature, grids["encoder"][0, first])
     with pytest.raises(ValueError, match="12 tokens per view is not square"):
         probing.reduce_grids([{"encoder": grids["encoder"][:, :12], "connector": grids["connector"]}], scenes)
 

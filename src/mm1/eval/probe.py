@@ -77,10 +77,10 @@ class TokenAttribute:
         """(features, labels) of every scored patch or token of the group's views."""
         rows, labels = [], []
         for scene, cells in zip(group, grids.cells[kind]):
-            for cell, obj in object_cells(scene, grids.sides[kind]).items():
+            for obj, feature in cells.values():
                 label = self.label(scene, obj)
                 if label is not None:
-                    rows.append(cells[cell])
+                    rows.append(feature)
                     labels.append(self.classes.index(label))
         if not rows:
             raise ValueError(f"no patch or token of {len(group)} scenes holds exactly one object's centre "
@@ -104,10 +104,10 @@ FEATURES = tuple(POOLED)
 @dataclass
 class Reduced:
     """What the probes read of a group's grids, kept instead of the grids (a real encoder's are hundreds of
-    patches of a thousand channels per view): each kind's pooled row per view, and per view the patches or tokens
-    of the cells that hold exactly one object's centre."""
+    patches of a thousand channels per view): each kind's pooled row per view, and per view {cell: (object, its
+    patch or token)} for the cells that hold exactly one object's centre."""
     pooled: dict[str, np.ndarray]
-    cells: dict[str, list[dict[int, np.ndarray]]]
+    cells: dict[str, list[dict[int, tuple[Obj, np.ndarray]]]]
     sides: dict[str, int]
 
 
@@ -123,7 +123,7 @@ def reduce_grids(batches: Iterable[dict[str, np.ndarray]], group: list[Scene] | 
                 raise ValueError(f"{kind} grid of {grid.shape[1]} tokens per view is not square")
             pooled[kind].append(POOLED[kind](grid))
             if group is not None:  # copies, not views that would keep the whole batch alive
-                cells[kind] += [{cell: grid[i, cell].copy() for cell in object_cells(scene, side)}
+                cells[kind] += [{cell: (obj, grid[i, cell].copy()) for cell, obj in object_cells(scene, side).items()}
                                 for i, scene in enumerate(group[done:done + len(grid)])]
         done += len(next(iter(batch.values())))
     if group is not None and done != len(group):
@@ -215,11 +215,7 @@ def probe(model: MM1Model, n_fit: int = 600, n_test: int = 300, seed: int = 0) -
         for name, attribute in attributes.items():
             rows = {(group, kind): attribute.rows(grids[group], groups[group], kind)
                     for group in groups for kind in FEATURES}
-            row = {kind + suffix: ridge_accuracy(*rows["fit", kind], *rows[suffix, kind], len(attribute.classes))
-                   for suffix in ("", "_seen") for kind in FEATURES}
-            held_out = rows["", "connector"][1]
-            row["majority"] = float(np.bincount(held_out).max() / len(held_out))
-            result[name] = row
+            result[name] = accuracies(rows, len(attribute.classes))
     result["letter"] = letter_probe(model, n_fit, n_test, seed)
     return result
 
@@ -230,10 +226,17 @@ def letter_probe(model: MM1Model, n_fit: int, n_test: int, seed: int) -> dict[st
                                  sizes)
              for group, sizes in LETTER_SIZES.items()}
     pooled = {group: reduce_grids(features(model, images)).pooled for group, (images, _) in signs.items()}
-    row = {kind + suffix: ridge_accuracy(pooled["fit"][kind], signs["fit"][1], pooled[suffix][kind],
-                                         signs[suffix][1], len(LETTERS))
+    return accuracies({(group, kind): (pooled[group][kind], signs[group][1]) for group in signs for kind in FEATURES},
+                      len(LETTERS))
+
+
+def accuracies(rows: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], classes: int) -> dict[str, float]:
+    """A probe's row from {(group, kind): (features, labels)}: fitted on "fit", scored on the held-out ("") and
+    `_seen` groups, and the held-out labels' most common class share."""
+    row = {kind + suffix: ridge_accuracy(*rows["fit", kind], *rows[suffix, kind], classes)
            for suffix in ("", "_seen") for kind in FEATURES}
-    return row | {"majority": float(np.bincount(signs[""][1]).max() / n_test)}
+    held_out = rows["", "connector"][1]
+    return row | {"majority": float(np.bincount(held_out).max() / len(held_out))}
 
 
 def format_probe(result: dict) -> str:
