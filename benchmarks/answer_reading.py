@@ -29,7 +29,15 @@ given apart for the held-out scenes of one object and of 2-5.
 `--family grounding-colour` (1,000 steps) is the curriculum arm with the object named by its colour alone ("the
 red shape"), which every held-out scene makes unique (training questions where it is not are left out): is the
 colour word the one the LLM fails to follow, or the two-word name?
-Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour][_TAG].json.
+`--family binding` (1,600 steps unless `--steps`) asks where the LLM looks: "Where is the red circle?" answered
+with its place in thirds ("top left", ...), on the overview view alone (16 tokens) with the grid position embedding,
+so that the named object's tokens say where it is.  After training, for each head, from the position that writes
+the first answer token, its attention on the named object's tokens as a share of its attention on all objects'
+tokens, divided by the named object's share of those tokens: 1 for a head that looks at the objects with no
+preference for the named one, more for one that picks it out (`selectivity`).  Its second arm asks the same with
+no image, the scene told in words first ("Imagine a picture. ... There is a small red circle at the top left. ..."
+as in the world's text data): is the lookup hard on image tokens, or for the LLM whatever it reads?
+Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour|_binding][_TAG].json.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ class Arm:
     one_object_first: float = 0.0  # a curriculum: this share of the steps on one-object scenes, the rest as `objects`
     colour_only: bool = False  # "the red shape" for "the red circle"; questions whose colour is not unique dropped
     question_first: bool = False  # the question before the image (LLaVA's data has both orders)
+    attention: bool = False  # also measure each head's `selectivity` after training (needs split=False)
+    in_words: bool = False  # no image: the scene told in words first (the world's dense caption, as in its text data)
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -87,9 +97,14 @@ FAMILIES = {
             BOX, one_object_first=0.5, question_first=True),
         "box, connector + LLM, question first": dataclasses.replace(BOX, question_first=True),
     },
+    "binding": {
+        "position, connector + LLM, overview, grid position": Arm(["position"], CONNECTOR_LLM, position=True,
+                                                                   split=False, attention=True),
+        "position, LLM, scene in words": Arm(["position"], ["llm"], in_words=True),
+    },
 }
 DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000,
-                 "grounding-colour": 1000, "grounding-question-first": 1000}
+                 "grounding-colour": 1000, "grounding-question-first": 1000, "binding": 1600}
 
 
 def with_grid_position(model):
@@ -106,6 +121,47 @@ def with_grid_position(model):
     return grown
 
 
+def box_cells(box: tuple[int, int, int, int], extent: int, side: int) -> set[int]:
+    """Cells of a side x side token grid over a view (the image resized onto a square of its longer side `extent`,
+    anchored top-left, as `mm1 probe` maps them) that a pixel box overlaps."""
+    first = [int(v * side / extent) for v in box[:2]]
+    last = [min(side - 1, int((v - 1e-6) * side / extent)) for v in box[2:]]
+    return {r * side + c for r in range(first[1], last[1] + 1) for c in range(first[0], last[0] + 1)}
+
+
+def selectivity(model, prompts: list, test: list) -> list[dict]:
+    """Per LLM layer and head: how much more its attention from the last prompt position picks the named object's
+    tokens than the objects' tokens at large (see the module docstring), over the test scenes of 2-5 objects.
+    Assumes one view per image (the overview), whose token grid `box_cells` maps."""
+    import torch
+
+    side = round(model.processor.tokens_per_view ** 0.5)
+    implementation = model.llm.config._attn_implementation
+    model.llm.config._attn_implementation = "eager"  # the only implementation that returns attention weights
+    model.eval()
+    shares: dict[tuple[int, int], list[float]] = {}
+    for encoded, (_, question, _, _, scene) in zip(prompts, test):
+        if len(scene.objects) < 2:
+            continue
+        named = next(o for o in scene.objects if f" {o.name}" in question)
+        target = box_cells(named.box, max(scene.size), side)
+        objects = sorted(target.union(*(box_cells(o.box, max(scene.size), side) for o in scene.objects)))
+        batch = model.processor.collate([encoded], padding_side="left")
+        with torch.no_grad():
+            out = model.llm(inputs_embeds=model.embed(batch["input_ids"], batch.get("pixel_values")),
+                            attention_mask=batch["attention_mask"], output_attentions=True)
+        image = (batch["input_ids"][0] == model.image_token_id).nonzero().flatten()
+        for layer, weights in enumerate(out.attentions):
+            on_image = weights[0, :, -1, image]  # (heads, image tokens)
+            picked = on_image[:, sorted(target)].sum(-1) / on_image[:, objects].sum(-1).clamp(min=1e-9)
+            for head, share in enumerate(picked.tolist()):
+                shares.setdefault((layer, head), []).append(share * len(objects) / len(target))
+    model.llm.config._attn_implementation = implementation
+    model.train()
+    return [{"layer": layer, "head": head, "selectivity": round(sum(v) / len(v), 2)}
+            for (layer, head), v in sorted(shares.items())]
+
+
 def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_samples: int) -> list[dict]:
     import torch
 
@@ -113,7 +169,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     from mm1.data.annotations import Sample
     from mm1.data.coords import box_to_text, text_to_box
     from mm1.data.world.base import HELDOUT, TRAIN
-    from mm1.data.world.scenes import grounding, questions, render, sample_scene
+    from mm1.data.world.scenes import dense_caption, grounding, questions, render, sample_scene
     from mm1.eval.metrics import grounding as grounding_metric
     from mm1.model.mllm import MM1Model
     from mm1.train.optim import set_trainable
@@ -144,15 +200,21 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
             asked = [qa for qa in asked if kinds is None or qa.task in kinds]
             if arm.colour_only:
                 asked = [qa for qa in (by_colour(qa, scene) for qa in asked) if qa is not None]
-            out += [(render(scene), qa.question, qa.answer, qa.task, scene) for qa in asked]
+            # the media: the rendered scene, or the scene told in words
+            media = f"Imagine a picture. {dense_caption(scene, rng)}" if arm.in_words else render(scene)
+            out += [(media, qa.question, qa.answer, qa.task, scene) for qa in asked]
         return out[:n]
 
-    def encode(image, question: str, answer: str | None):
-        content = f"{question}\n<image>" if arm.question_first else f"<image>\n{question}"
+    def encode(media, question: str, answer: str | None):
+        if arm.in_words:
+            content, images = f"{media}\n{question}", []
+        else:
+            content = f"{question}\n<image>" if arm.question_first else f"<image>\n{question}"
+            images = [media]
         messages = [{"role": "user", "content": content}]
         if answer is not None:
             messages.append({"role": "assistant", "content": answer})
-        return processor.encode_chat(messages, [image], add_generation_prompt=answer is None)
+        return processor.encode_chat(messages, images, add_generation_prompt=answer is None)
 
     test = samples(HELDOUT, HELDOUT.rng(0, "answer-reading"), test_samples)
     prompts = [encode(image, question, None) for image, question, *_ in test]
@@ -165,25 +227,29 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
         predictions = []
         for start in range(0, len(test), 64):
             batch = processor.collate(prompts[start:start + 64], padding_side="left")
-            out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+            out = model.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
                                  max_new_tokens=24 if boxes else 6)
             predictions += [processor.decode(ids).split("\n")[0].strip() for ids in out.tolist()]
         model.train()
-        if boxes:  # overall, and apart on one-object scenes, where no object has to be told from another
-            one = [len(scene.objects) == 1 for *_, scene in test]
-            groups = {"": [True] * len(test)}
-            if any(one) and not all(one):
-                groups |= {", 1 object": one, ", 2-5 objects": [not x for x in one]}
-            scores = {}
-            for name, keep in groups.items():
+        # Overall, and apart on one-object scenes, where no object has to be told from another (for box questions
+        # and single-kind arms; with every kind, the table would triple).
+        one = [len(scene.objects) == 1 for *_, scene in test]
+        groups = {"": [True] * len(test)}
+        if (boxes or len(kinds or ()) == 1) and any(one) and not all(one):
+            groups |= {", 1 object": one, ", 2-5 objects": [not x for x in one]}
+        scores = {}
+        for name, keep in groups.items():
+            if boxes:
                 result = grounding_metric([pred for pred, k in zip(predictions, keep) if k],
                                           [t for t, k in zip(targets, keep) if k])
                 scores |= {f"IoU>=0.5{name}": result.score, f"mean IoU{name}": result.details.get("mean_iou", 0.0)}
-            return scores
-        right: dict[str, list[bool]] = {}
-        for prediction, (_, _, answer, task, _) in zip(predictions, test):
-            right.setdefault(task, []).append(prediction == answer)
-        return {k: sum(v) / len(v) for k, v in sorted(right.items())}
+                continue
+            right: dict[str, list[bool]] = {}
+            for prediction, (_, _, answer, task, _), k in zip(predictions, test, keep):
+                if k:
+                    right.setdefault(task, []).append(prediction == answer)
+            scores |= {f"{task}{name}": sum(v) / len(v) for task, v in sorted(right.items())}
+        return scores
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng = TRAIN.rng(0, "answer-reading")
@@ -191,7 +257,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     for step in range(1, steps + 1):
         objects = 1 if step <= arm.one_object_first * steps else arm.objects
         batch = processor.collate([encode(image, q, a) for image, q, a, *_ in samples(TRAIN, rng, 32, objects)])
-        loss = model(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"],
+        loss = model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"],
                      labels=batch["labels"]).loss
         optimizer.zero_grad()
         loss.backward()
@@ -201,7 +267,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
             scores = accuracy()
             rows.append({"step": step, "train loss": round(loss.item(), 3),
                          **{k: round(v, 2) for k, v in scores.items()}, "s": round(time.perf_counter() - start)})
-    return rows
+    return rows, (selectivity(model, prompts, test) if arm.attention else [])
 
 
 def main() -> None:
@@ -225,10 +291,13 @@ def main() -> None:
         if args.arm and name not in args.arm:
             continue
         arm_steps = max(1, int(steps * arm.share))
-        rows = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
-                       test_samples=32 if args.quick else 400)
+        rows, heads = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
+                              test_samples=32 if args.quick else 400)
         results[name] = rows
         text.append(table(rows, f"{name}: held-out scores ({args.model})"))
+        if heads:
+            results[f"{name}: attention"] = heads
+            text.append(table(heads, f"{name}: attention on the named object, 2-5 objects"))
     bench.save({"model": args.model, "family": args.family, "lr": args.lr, "arms": results}, text)
 
 
