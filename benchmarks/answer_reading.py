@@ -144,8 +144,8 @@ def selectivity(model, prompts: list, test: list) -> list[dict]:
         if len(scene.objects) < 2:
             continue
         named = next(o for o in scene.objects if f" {o.name}" in question)
-        target = box_cells(named.box, max(scene.size), side)
-        objects = sorted(target.union(*(box_cells(o.box, max(scene.size), side) for o in scene.objects)))
+        target = sorted(box_cells(named.box, max(scene.size), side))
+        objects = sorted(set().union(*(box_cells(o.box, max(scene.size), side) for o in scene.objects)))
         batch = model.processor.collate([encoded], padding_side="left")
         with torch.no_grad():
             out = model.llm(inputs_embeds=model.embed(batch["input_ids"], batch.get("pixel_values")),
@@ -153,7 +153,7 @@ def selectivity(model, prompts: list, test: list) -> list[dict]:
         image = (batch["input_ids"][0] == model.image_token_id).nonzero().flatten()
         for layer, weights in enumerate(out.attentions):
             on_image = weights[0, :, -1, image]  # (heads, image tokens)
-            picked = on_image[:, sorted(target)].sum(-1) / on_image[:, objects].sum(-1).clamp(min=1e-9)
+            picked = on_image[:, target].sum(-1) / on_image[:, objects].sum(-1).clamp(min=1e-9)
             for head, share in enumerate(picked.tolist()):
                 shares.setdefault((layer, head), []).append(share * len(objects) / len(target))
     model.llm.config._attn_implementation = implementation

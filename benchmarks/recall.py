@@ -11,8 +11,8 @@ Arms: `pair tokens`, where each (colour, digit) pair is one token, so the token 
 answer (one lookup, as an image token that holds both an object's colour and its place); `colour, digit`, where
 they are two tokens, so the digit's position must first take in the colour before it and then be found by it (two
 lookups, an induction head); each at the default SFT's learning rate (1e-3) and at 3e-4, batch 32 (the two-token
-arms also at 128), AdamW without weight decay.  Scored every `--every`
-steps on 512 sequences that training never draws (chance about 0.4: one of the 2-5 digits, which repeat).
+arms also at 128), AdamW without weight decay.  Scored every `--every` steps on 512 sequences that training never
+draws (chance about 0.4: one of the 2-5 digits, which repeat).
 """
 
 from __future__ import annotations
