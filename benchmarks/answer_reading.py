@@ -36,7 +36,8 @@ the first answer token, its attention on the named object's tokens as a share of
 tokens, divided by the named object's share of those tokens: 1 for a head that looks at the objects with no
 preference for the named one, more for one that picks it out (`selectivity`).  Its second arm asks the same with
 no image, the scene told in words first ("Imagine a picture. ... There is a small red circle at the top left. ..."
-as in the world's text data): is the lookup hard on image tokens, or for the LLM whatever it reads?
+as in the world's text data): is the lookup hard on image tokens, or for the LLM whatever it reads?  Its third
+arm is the first with the LLM's weights drawn anew: is it the LLM's pre-training that keeps it from the lookup?
 Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour|_binding][_TAG].json.
 """
 
@@ -46,7 +47,7 @@ import dataclasses
 import random
 import time
 
-from common import REPO, Bench, cli, table
+from common import REPO, Bench, box_cells, cli, table
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
@@ -61,6 +62,7 @@ class Arm:
     question_first: bool = False  # the question before the image (LLaVA's data has both orders)
     attention: bool = False  # also measure each head's `selectivity` after training (needs split=False)
     in_words: bool = False  # no image: the scene told in words first (the world's dense caption, as in its text data)
+    fresh_llm: bool = False  # the LLM re-initialised (encoder and connector as trained): is its pre-training the cause?
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -101,32 +103,33 @@ FAMILIES = {
         "position, connector + LLM, overview, grid position": Arm(["position"], CONNECTOR_LLM, position=True,
                                                                    split=False, attention=True),
         "position, LLM, scene in words": Arm(["position"], ["llm"], in_words=True),
+        "position, connector + fresh LLM, overview, grid position": Arm(["position"], CONNECTOR_LLM, position=True,
+                                                                         split=False, attention=True, fresh_llm=True),
     },
 }
 DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000,
                  "grounding-colour": 1000, "grounding-question-first": 1000, "binding": 1600}
 
 
-def with_grid_position(model):
-    """The same model with `connector.position_embedding` on: every trained weight copied, the embedding new."""
+def rebuilt(model, config, new: str):
+    """A model of `config` with `model`'s weights copied except those whose names start with `new`, which are
+    drawn anew (as `MM1Model` initialises them); any other weight that does not fit is an error."""
     from mm1.model.mllm import MM1Model
 
+    out = MM1Model(config, model.processor.tokenizer, model.hf_configs(), load_weights=False)
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(new)}
+    missing, unexpected = out.load_state_dict(kept, strict=False)
+    if unexpected or not all(name.startswith(new) for name in missing):
+        raise ValueError(f"unexpected weights: missing {missing}, unexpected {unexpected}")
+    return out
+
+
+def with_grid_position(model):
+    """The same model with `connector.position_embedding` on: every trained weight copied, the embedding new."""
     cfg = model.config
     connector = dataclasses.replace(cfg.model.connector, position_embedding=True)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, connector=connector))
-    grown = MM1Model(cfg, model.processor.tokenizer, model.hf_configs(), load_weights=False)
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or not all(name.startswith("connector.position.") for name in missing):
-        raise ValueError(f"unexpected weights: missing {missing}, unexpected {unexpected}")
-    return grown
-
-
-def box_cells(box: tuple[int, int, int, int], extent: int, side: int) -> set[int]:
-    """Cells of a side x side token grid over a view (the image resized onto a square of its longer side `extent`,
-    anchored top-left, as `mm1 probe` maps them) that a pixel box overlaps."""
-    first = [int(v * side / extent) for v in box[:2]]
-    last = [min(side - 1, int((v - 1e-6) * side / extent)) for v in box[2:]]
-    return {r * side + c for r in range(first[1], last[1] + 1) for c in range(first[0], last[0] + 1)}
+    return rebuilt(model, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, connector=connector)),
+                   new="connector.position.")
 
 
 def selectivity(model, prompts: list, test: list) -> list[dict]:
@@ -176,6 +179,8 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
 
     torch.manual_seed(0)
     model = MM1Model.from_pretrained(model_dir)
+    if arm.fresh_llm:
+        model = rebuilt(model, model.config, new="llm.")
     if arm.position:
         model = with_grid_position(model)
     if not arm.split:

@@ -120,6 +120,15 @@ class Bench:
         return path
 
 
+# ---- the world's scenes on a token grid ------------------------------------------------------------------------------
+def box_cells(box: tuple[int, int, int, int], extent: int, side: int) -> set[int]:
+    """Cells of a side x side token grid over a view (the image resized onto a square of its longer side `extent`,
+    anchored top-left, as `mm1 probe` maps them) that a pixel box overlaps."""
+    first = [int(v * side / extent) for v in box[:2]]
+    last = [min(side - 1, int((v - 1e-6) * side / extent)) for v in box[2:]]
+    return {r * side + c for r in range(first[1], last[1] + 1) for c in range(first[0], last[0] + 1)}
+
+
 # ---- timing, tables, profiles ---------------------------------------------------------------------------------------
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):

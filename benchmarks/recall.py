@@ -1,18 +1,28 @@
-"""How many examples does the default's LLM need to learn to look a thing up in its context?  Text only.
+"""How many examples does the default's LLM need to learn to look a thing up in its context?  No image.
 
 Every question of the world that names an object ("Where is the red circle?", "What size is the green square?",
 a box for a named object) asks the LLM to find, among the image tokens, the one whose content matches a word of
 the question, and to read something else from it.  `answer_reading.py` found this is what the default does not
-learn (one-object scenes are read, the named object among 2-5 is not).  This asks the same of the LLM alone, with
-no image: a fresh LLM of the recipe's shape (`recipes/tiny.yaml`'s `model.llm`, a vocabulary of 100 symbols) on
-sequences of 2-5 (colour, digit) pairs and then a colour; the answer is that colour's digit (associative recall).
+learn (one-object scenes are read, the named object among 2-5 is not).  This asks the same of the LLM alone: a
+fresh LLM of the recipe's shape (`recipes/tiny.yaml`'s `model.llm`, a vocabulary of 100 symbols), AdamW without
+weight decay, scored every `--every` steps on examples that training never draws.
 
-Arms: `pair tokens`, where each (colour, digit) pair is one token, so the token that matches the colour holds the
-answer (one lookup, as an image token that holds both an object's colour and its place); `colour, digit`, where
-they are two tokens, so the digit's position must first take in the colour before it and then be found by it (two
-lookups, an induction head); each at the default SFT's learning rate (1e-3) and at 3e-4, batch 32 (the two-token
-arms also at 128), AdamW without weight decay.  Scored every `--every` steps on 512 sequences that training never
-draws (chance about 0.4: one of the 2-5 digits, which repeat).
+`--family recall` (the default): sequences of 2-5 (colour, digit) pairs and then a colour; the answer is that
+colour's digit (associative recall; chance about 0.4: one of the 2-5 digits, which repeat).  Arms: `pair tokens`,
+where each (colour, digit) pair is one token, so the token that matches the colour holds the answer (one lookup, as
+an image token that holds both an object's colour and its place); `colour, digit`, where they are two tokens, so
+the digit's position must first take in the colour before it and then be found by it (two lookups, an induction
+head); each at the default SFT's learning rate (1e-3) and at 3e-4, batch 32 (the two-token arms also at 128).
+
+`--family cells` puts perfect image tokens in place of the image: the world's scenes (`sample_scene`, 1-5 objects)
+on the overview's 4 x 4 token grid, each token a learnt embedding of the colour it shows (or the background) plus
+one of its cell (what a connector with the grid position embedding could at best give), then the asked object's
+colour and shape, 11 fixed tokens (as many as the chat template puts between the question's colour word and the
+answer), and the answer: the object's place in thirds ("top left", ...; the position question's answer), trained
+on scenes of the training (colour, shape) pairs and scored on 400 of the held-out pairs, where no two objects share
+a colour.  Arms: `centre cell`, where only the cell of each object's centre shows its colour (one token to find, as
+`recall`'s pair tokens); `covered cells`, where every cell its box overlaps does (a later object's colour where two
+boxes share a cell), as an object spreads over the real image tokens; at lr 1e-3 (the SFT's), 3e-4 and 1e-4.
 """
 
 from __future__ import annotations
@@ -21,24 +31,33 @@ import dataclasses
 import random
 import time
 
-from common import REPO, Bench, cli, table
+from common import REPO, Bench, box_cells, cli, table
 
+# `recall`: colour ids 0-7, digits 8-17, then the separator, the query mark and the pair tokens
 COLOURS, DIGITS = 8, 10
-SEP, QUERY = COLOURS + DIGITS, COLOURS + DIGITS + 1  # colour ids 0-7, digits 8-17
+SEP, QUERY = COLOURS + DIGITS, COLOURS + DIGITS + 1
 PAIRS = QUERY + 1  # pair tokens: PAIRS + colour * DIGITS + digit
-VOCAB = PAIRS + COLOURS * DIGITS
 LONGEST = 2 * 5 + 4  # five pairs as two tokens each, SEP, the colour asked, QUERY, the answer
+# `cells`: colour ids 0-7, shape ids 8-12, the nine places 13-21, the template's 11 fixed tokens 22-32
+SIDE, TEMPLATE = 4, 11
+PLACES = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
+VOCAB = PAIRS + COLOURS * DIGITS  # 100, more than either family uses
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    pair_tokens: bool
+    context: str  # "pair tokens", "colour, digit", "centre cell", "covered cells"
     lr: float
     batch: int
 
 
-ARMS = {f"{'pair tokens' if pair else 'colour, digit'}, lr {lr:g}, batch {batch}": Arm(pair, lr, batch)
-        for pair, batches in ((True, (32,)), (False, (32, 128))) for batch in batches for lr in (1e-3, 3e-4)}
+FAMILIES = {
+    "recall": {f"{context}, lr {lr:g}, batch {batch}": Arm(context, lr, batch)
+               for context, batches in (("pair tokens", (32,)), ("colour, digit", (32, 128)))
+               for batch in batches for lr in (1e-3, 3e-4)},
+    "cells": {f"{context}, lr {lr:g}, batch 32": Arm(context, lr, 32)
+              for context, lrs in (("centre cell", (3e-4,)), ("covered cells", (1e-3, 3e-4, 1e-4))) for lr in lrs},
+}
 
 
 def sequences(rng: random.Random, n: int, pair_tokens: bool, held_out: frozenset = frozenset()):
@@ -61,53 +80,129 @@ def sequences(rng: random.Random, n: int, pair_tokens: bool, held_out: frozenset
     return torch.tensor(rows)
 
 
-def run_arm(arm: Arm, steps: int, every: int) -> list[dict]:
+def scenes(rng: random.Random, n: int, split, covered: bool):
+    """(cells, question and answer ids): (n, SIDE * SIDE) colour ids per cell (COLOURS: the background) and
+    (n, 2 + TEMPLATE + 1) ids: the asked object's colour and shape, the template, its place."""
+    import torch
+
+    from mm1.data.world.base import COLOURS as NAMES
+    from mm1.data.world.base import SHAPES
+    from mm1.data.world.scenes import sample_scene
+    from mm1.eval.probe import object_cells
+
+    colours, cells, texts = list(NAMES), [], []
+    while len(texts) < n:
+        scene = sample_scene(rng, split)
+        grid, extent = [COLOURS] * SIDE * SIDE, max(scene.size)
+        shown = ({cell: obj for obj in scene.objects for cell in box_cells(obj.box, extent, SIDE)} if covered
+                 else object_cells(scene, SIDE))  # centres that share a cell are left out: the cell shows neither
+        for cell, obj in shown.items():
+            grid[cell] = colours.index(obj.colour)
+        asked = rng.choice(scene.objects)
+        if asked not in shown.values():  # no cell shows it: not asked
+            continue
+        cells.append(grid)
+        texts.append([colours.index(asked.colour), COLOURS + SHAPES.index(asked.shape),
+                      *range(13 + len(PLACES), 13 + len(PLACES) + TEMPLATE), 13 + PLACES.index(scene.where(asked))])
+    return torch.tensor(cells), torch.tensor(texts)
+
+
+def perfect_lookup(test: tuple, covered: bool) -> float:
+    """What a perfect lookup gives in `cells`: the accuracy of answering each test question with the place most
+    often right for the asked object's cells (found by its colour, which no other held-out object has), counted on
+    20,000 other held-out scenes.  A cell says where an object is only to a quarter of the view, so this is well
+    below 1; a model may pass it a little, as the other objects' cells (objects never overlap) narrow it down."""
+    from collections import Counter, defaultdict
+
+    from mm1.data.world.base import HELDOUT
+
+    def keys(grid, ids):
+        return [(tuple((row == question[0]).tolist()), question[-1].item()) for row, question in zip(grid, ids)]
+
+    answers = defaultdict(Counter)
+    for key, answer in keys(*scenes(random.Random(2), 20_000, HELDOUT, covered)):
+        answers[key][answer] += 1
+    best = {key: counts.most_common(1)[0][0] for key, counts in answers.items()}
+    return sum(best.get(key) == answer for key, answer in keys(*test)) / len(test[1])
+
+
+def run_arm(arm: Arm, steps: int, every: int, seed: int = 0) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
     from mm1.config import load_config
+    from mm1.data.world.base import HELDOUT, TRAIN
     from mm1.model.llm import build_llm
 
-    torch.manual_seed(0)
-    llm = build_llm(load_config(REPO / "recipes" / "tiny.yaml").model.llm, VOCAB, None, load_weights=False)
-    optimizer = torch.optim.AdamW(llm.parameters(), lr=arm.lr, weight_decay=0.0)
-    test = sequences(random.Random(1), 512, arm.pair_tokens)
-    # two-pair sequences are few enough (11,200) to recur in training, so the test ones are kept out of it
-    train_rng, held_out = random.Random(0), frozenset(map(tuple, test.tolist()))
+    torch.manual_seed(seed)
+    config = load_config(REPO / "recipes" / "tiny.yaml").model.llm
+    llm = build_llm(config, VOCAB, None, load_weights=False)
+    cell_colour, cell_place = torch.nn.Embedding(COLOURS + 1, config.hidden_size), torch.nn.Embedding(
+        SIDE * SIDE, config.hidden_size)  # the perfect connector's tokens (`cells` only)
+    parameters = [*llm.parameters(), *cell_colour.parameters(), *cell_place.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=arm.lr, weight_decay=0.0)
+    cells = arm.context in ("centre cell", "covered cells")
+
+    def draw(rng: random.Random, n: int, test: tuple | None = None) -> tuple:
+        """(cells or None, ids), the answer the last id."""
+        if cells:
+            return scenes(rng, n, HELDOUT if test is None else TRAIN, arm.context == "covered cells")
+        # two-pair sequences are few enough (11,200) to recur in training, so the test ones are kept out of it
+        held_out = frozenset() if test is None else frozenset(map(tuple, test[1].tolist()))
+        return None, sequences(rng, n, arm.context == "pair tokens", held_out)
+
+    def logits(grid, ids):
+        if grid is None:
+            return llm(input_ids=ids[:, :-1], logits_to_keep=1).logits[:, -1]
+        tokens = cell_colour(grid) + cell_place.weight
+        embeds = torch.cat([tokens, llm.get_input_embeddings()(ids[:, :-1])], 1)
+        return llm(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1]
+
+    test = draw(random.Random(1), 400 if cells else 512)
+    ceiling = {"perfect lookup": round(perfect_lookup(test, arm.context == "covered cells"), 3)} if cells else {}
+    train_rng = random.Random(seed)
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
-        batch = sequences(train_rng, arm.batch, arm.pair_tokens, held_out)
-        loss = F.cross_entropy(llm(input_ids=batch[:, :-1], logits_to_keep=1).logits[:, -1], batch[:, -1])
+        grid, ids = draw(train_rng, arm.batch, test)
+        loss = F.cross_entropy(logits(grid, ids), ids[:, -1])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % every == 0:
             with torch.no_grad():
-                guess = llm(input_ids=test[:, :-1], logits_to_keep=1).logits[:, -1].argmax(-1)
+                guess = logits(*test).argmax(-1)
             rows.append({"step": step, "examples": step * arm.batch, "train loss": round(loss.item(), 3),
-                         "held-out accuracy": round((guess == test[:, -1]).float().mean().item(), 3),
+                         "held-out accuracy": round((guess == test[1][:, -1]).float().mean().item(), 3),
+                         **ceiling,
                          "s": round(time.perf_counter() - start)})
     return rows
 
 
 def main() -> None:
     p = cli(__doc__)
+    p.add_argument("--family", choices=sorted(FAMILIES), default="recall")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--every", type=int, default=250)
-    p.add_argument("--arm", action="append", help="only this arm (repeatable; default: every arm)")
+    p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
+    p.add_argument("--seed", type=int, default=0, help="the weights' and the training examples' seed (the test set's "
+                   "is fixed)")
+    p.add_argument("--tag", help="appended to the results' name, to keep a run of other arms, steps or seed apart")
     args = p.parse_args()
-    unknown = sorted(set(args.arm or []) - set(ARMS))
+    arms = FAMILIES[args.family]
+    unknown = sorted(set(args.arm or []) - set(arms))
     if unknown:
-        raise SystemExit(f"--arm {unknown}: not an arm; the arms: {sorted(ARMS)}")
-    bench = Bench("recall", args)
+        raise SystemExit(f"--arm {unknown}: not an arm of {args.family}; its arms: {sorted(arms)}")
+    bench = Bench("recall" + ("" if args.family == "recall" else f"_{args.family}") + (f"_{args.tag}" if args.tag else ""),
+                  args)
     steps, every = (100, 50) if args.quick else (args.steps, args.every)
     results, text = {}, []
-    for name, arm in ARMS.items():
+    for name, arm in arms.items():
         if args.arm and name not in args.arm:
             continue
-        results[name] = run_arm(arm, steps, every)
+        results[name] = run_arm(arm, steps, every, args.seed)
         text.append(table(results[name], name))
-    bench.save({"model": "recipes/tiny.yaml model.llm, fresh", "arms": results}, text)
+    bench.save({"model": "recipes/tiny.yaml model.llm, fresh", "family": args.family, "seed": args.seed,
+                "arms": results}, text)
 
 
 if __name__ == "__main__":
