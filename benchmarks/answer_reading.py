@@ -7,7 +7,9 @@ demo's CPT model, `runs/tiny/cpt/model`) on single-turn questions of new one- to
 training (colour, shape) pairs, batch 32, AdamW with gradient clipping at 1.0, and scores greedy answers on
 scenes of the held-out pairs.  Arms: the background question alone with every module trained; the same with the
 encoder and connector frozen (what the LLM alone can learn from the tokens as they are); every question type of
-the world (count, colour, shape, existence, position, size, background) with every module trained.
+the world (count, colour, shape, existence, position, size, background) with every module trained; and every type
+in the binding family's setting (the overview alone with the grid position embedding, connector and LLM trained):
+does the lookup still form when the questions that name an object are a few kinds among seven?
 
 `--family grounding` asks the same of place: "Where is the red circle? Answer with a bounding box.", scored as
 the grounding task is (a box is right at IoU >= 0.5; mean IoU as partial credit).  Arms: the connector and LLM
@@ -72,6 +74,7 @@ FAMILIES = {
         "background, all modules": Arm(["background"], ALL, share=0.5),
         "background, LLM only": Arm(["background"], ["llm"], share=0.5),
         "every kind, all modules": Arm(None, ALL),
+        "every kind, connector + LLM, overview, grid position": Arm(None, CONNECTOR_LLM, position=True, split=False),
     },
     "grounding": {
         "box, connector + LLM": BOX,

@@ -39,7 +39,7 @@ SEP, QUERY = COLOURS + DIGITS, COLOURS + DIGITS + 1
 PAIRS = QUERY + 1  # pair tokens: PAIRS + colour * DIGITS + digit
 LONGEST = 2 * 5 + 4  # five pairs as two tokens each, SEP, the colour asked, QUERY, the answer
 # `cells`: colour ids 0-7, shape ids 8-12, the nine places 13-21, the template's 11 fixed tokens 22-32
-SIDE, TEMPLATE = 4, 11
+SIDE, TEMPLATE, FIRST_PLACE = 4, 11, 13
 PLACES = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
 VOCAB = PAIRS + COLOURS * DIGITS  # 100, more than either family uses
 
@@ -103,7 +103,8 @@ def scenes(rng: random.Random, n: int, split, covered: bool):
             continue
         cells.append(grid)
         texts.append([colours.index(asked.colour), COLOURS + SHAPES.index(asked.shape),
-                      *range(13 + len(PLACES), 13 + len(PLACES) + TEMPLATE), 13 + PLACES.index(scene.where(asked))])
+                      *range(FIRST_PLACE + len(PLACES), FIRST_PLACE + len(PLACES) + TEMPLATE),
+                      FIRST_PLACE + PLACES.index(scene.where(asked))])
     return torch.tensor(cells), torch.tensor(texts)
 
 
