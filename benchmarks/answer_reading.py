@@ -49,7 +49,7 @@ import dataclasses
 import random
 import time
 
-from common import REPO, Bench, box_cells, cli, table
+from common import REPO, Bench, add_family_options, box_cells, chosen_arms, cli, table
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
@@ -281,23 +281,15 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
 def main() -> None:
     p = cli(__doc__)
     p.add_argument("--model", default=str(REPO / "runs" / "tiny" / "cpt" / "model"))
-    p.add_argument("--family", choices=sorted(FAMILIES), default="vqa")
+    add_family_options(p, FAMILIES, default="vqa")
     p.add_argument("--steps", type=int, help=f"steps per arm (default per family: {DEFAULT_STEPS})")
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
-    p.add_argument("--tag", help="appended to the results' name, to keep a run on another --model apart")
     args = p.parse_args()
-    name = "answer_reading" + ("" if args.family == "vqa" else f"_{args.family}") + (f"_{args.tag}" if args.tag else "")
+    name, arms = chosen_arms(args, FAMILIES, "vqa", "answer_reading")
     bench = Bench(name, args)
     steps = 40 if args.quick else args.steps or DEFAULT_STEPS[args.family]
     results, text = {}, []
-    arms = FAMILIES[args.family]
-    unknown = sorted(set(args.arm or []) - set(arms))
-    if unknown:
-        raise SystemExit(f"--arm {unknown}: not an arm of {args.family}; its arms: {sorted(arms)}")
     for name, arm in arms.items():
-        if args.arm and name not in args.arm:
-            continue
         arm_steps = max(1, int(steps * arm.share))
         rows, heads = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
                               test_samples=32 if args.quick else 400)
@@ -307,7 +299,6 @@ def main() -> None:
             results[f"{name}: attention"] = heads
             text.append(table(heads, f"{name}: attention on the named object, 2-5 objects"))
     bench.save({"model": args.model, "family": args.family, "lr": args.lr, "arms": results}, text)
-
 
 if __name__ == "__main__":
     main()

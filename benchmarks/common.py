@@ -120,6 +120,25 @@ class Bench:
         return path
 
 
+# ---- families of arms (the scripts that compare training set-ups) --------------------------------------------------
+def add_family_options(p: argparse.ArgumentParser, families: dict, default: str) -> None:
+    p.add_argument("--family", choices=sorted(families), default=default)
+    p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
+    p.add_argument("--tag", help="appended to the results' name, to keep a run of other arms, steps, seed or model "
+                   "apart")
+
+
+def chosen_arms(args: argparse.Namespace, families: dict, default: str, benchmark: str) -> tuple[str, dict]:
+    """The results' name (`benchmark`, then `_FAMILY` unless the default family, then `_TAG`) and the family's arms
+    that `--arm` names (all by default); an unknown arm name is an error that lists the family's arms."""
+    arms = families[args.family]
+    unknown = sorted(set(args.arm or []) - set(arms))
+    if unknown:
+        raise SystemExit(f"--arm {unknown}: not an arm of {args.family}; its arms: {sorted(arms)}")
+    name = benchmark + ("" if args.family == default else f"_{args.family}") + (f"_{args.tag}" if args.tag else "")
+    return name, {key: arm for key, arm in arms.items() if not args.arm or key in args.arm}
+
+
 # ---- the world's scenes on a token grid ------------------------------------------------------------------------------
 def box_cells(box: tuple[int, int, int, int], extent: int, side: int) -> set[int]:
     """Cells of a side x side token grid over a view (the image resized onto a square of its longer side `extent`,

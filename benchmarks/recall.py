@@ -28,10 +28,12 @@ boxes share a cell), as an object spreads over the real image tokens; at lr 1e-3
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
+from collections import Counter, defaultdict
 
-from common import REPO, Bench, box_cells, cli, table
+from common import REPO, Bench, add_family_options, box_cells, chosen_arms, cli, table
 
 # `recall`: colour ids 0-7, digits 8-17, then the separator, the query mark and the pair tokens
 COLOURS, DIGITS = 8, 10
@@ -108,23 +110,30 @@ def scenes(rng: random.Random, n: int, split, covered: bool):
     return torch.tensor(cells), torch.tensor(texts)
 
 
+def cell_key(grid, ids) -> list[tuple]:
+    """(which cells show the asked colour, the answer id) per example of `scenes`."""
+    return [(tuple((row == question[0]).tolist()), question[-1].item()) for row, question in zip(grid, ids)]
+
+
+@functools.cache
+def best_places(covered: bool) -> dict[tuple, int]:
+    """{the asked object's cells: the place most often right for them}, counted on 20,000 held-out scenes."""
+    from mm1.data.world.base import HELDOUT
+
+    answers = defaultdict(Counter)
+    for cells, answer in cell_key(*scenes(random.Random(2), 20_000, HELDOUT, covered)):
+        answers[cells][answer] += 1
+    return {cells: counts.most_common(1)[0][0] for cells, counts in answers.items()}
+
+
 def perfect_lookup(test: tuple, covered: bool) -> float:
     """What a perfect lookup gives in `cells`: the accuracy of answering each test question with the place most
     often right for the asked object's cells (found by its colour, which no other held-out object has), counted on
-    20,000 other held-out scenes.  A cell says where an object is only to a quarter of the view, so this is well
-    below 1; a model may pass it a little, as the other objects' cells (objects never overlap) narrow it down."""
-    from collections import Counter, defaultdict
-
-    from mm1.data.world.base import HELDOUT
-
-    def keys(grid, ids):
-        return [(tuple((row == question[0]).tolist()), question[-1].item()) for row, question in zip(grid, ids)]
-
-    answers = defaultdict(Counter)
-    for key, answer in keys(*scenes(random.Random(2), 20_000, HELDOUT, covered)):
-        answers[key][answer] += 1
-    best = {key: counts.most_common(1)[0][0] for key, counts in answers.items()}
-    return sum(best.get(key) == answer for key, answer in keys(*test)) / len(test[1])
+    20,000 other held-out scenes (`best_places`, once per setting).  A cell says where an object is only to a quarter
+    of the view, so this is well below 1; a model may pass it a little, as the other objects' cells (objects never
+    overlap) narrow it down."""
+    best = best_places(covered)
+    return sum(best.get(cells) == answer for cells, answer in cell_key(*test)) / len(test[1])
 
 
 def run_arm(arm: Arm, steps: int, every: int, seed: int = 0) -> list[dict]:
@@ -142,15 +151,18 @@ def run_arm(arm: Arm, steps: int, every: int, seed: int = 0) -> list[dict]:
         SIDE * SIDE, config.hidden_size)  # the perfect connector's tokens (`cells` only)
     parameters = [*llm.parameters(), *cell_colour.parameters(), *cell_place.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=arm.lr, weight_decay=0.0)
-    cells = arm.context in ("centre cell", "covered cells")
-
-    def draw(rng: random.Random, n: int, test: tuple | None = None) -> tuple:
-        """(cells or None, ids), the answer the last id."""
-        if cells:
-            return scenes(rng, n, HELDOUT if test is None else TRAIN, arm.context == "covered cells")
+    cells, covered = arm.context in ("centre cell", "covered cells"), arm.context == "covered cells"
+    if cells:  # (cells or None, ids), the answer the last id
+        test, held_out = scenes(random.Random(1), 400, HELDOUT, covered), frozenset()
+    else:
+        test = None, sequences(random.Random(1), 512, arm.context == "pair tokens")
         # two-pair sequences are few enough (11,200) to recur in training, so the test ones are kept out of it
-        held_out = frozenset() if test is None else frozenset(map(tuple, test[1].tolist()))
-        return None, sequences(rng, n, arm.context == "pair tokens", held_out)
+        held_out = frozenset(map(tuple, test[1].tolist()))
+
+    def train_batch(rng: random.Random) -> tuple:
+        if cells:
+            return scenes(rng, arm.batch, TRAIN, covered)
+        return None, sequences(rng, arm.batch, arm.context == "pair tokens", held_out)
 
     def logits(grid, ids):
         if grid is None:
@@ -159,12 +171,11 @@ def run_arm(arm: Arm, steps: int, every: int, seed: int = 0) -> list[dict]:
         embeds = torch.cat([tokens, llm.get_input_embeddings()(ids[:, :-1])], 1)
         return llm(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1]
 
-    test = draw(random.Random(1), 400 if cells else 512)
-    ceiling = {"perfect lookup": round(perfect_lookup(test, arm.context == "covered cells"), 3)} if cells else {}
+    ceiling = {"perfect lookup": round(perfect_lookup(test, covered), 3)} if cells else {}
     train_rng = random.Random(seed)
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
-        grid, ids = draw(train_rng, arm.batch, test)
+        grid, ids = train_batch(train_rng)
         loss = F.cross_entropy(logits(grid, ids), ids[:, -1])
         optimizer.zero_grad()
         loss.backward()
@@ -181,30 +192,21 @@ def run_arm(arm: Arm, steps: int, every: int, seed: int = 0) -> list[dict]:
 
 def main() -> None:
     p = cli(__doc__)
-    p.add_argument("--family", choices=sorted(FAMILIES), default="recall")
+    add_family_options(p, FAMILIES, default="recall")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--every", type=int, default=250)
-    p.add_argument("--arm", action="append", help="only this arm of the family (repeatable; default: every arm)")
     p.add_argument("--seed", type=int, default=0, help="the weights' and the training examples' seed (the test set's "
                    "is fixed)")
-    p.add_argument("--tag", help="appended to the results' name, to keep a run of other arms, steps or seed apart")
     args = p.parse_args()
-    arms = FAMILIES[args.family]
-    unknown = sorted(set(args.arm or []) - set(arms))
-    if unknown:
-        raise SystemExit(f"--arm {unknown}: not an arm of {args.family}; its arms: {sorted(arms)}")
-    bench = Bench("recall" + ("" if args.family == "recall" else f"_{args.family}") + (f"_{args.tag}" if args.tag else ""),
-                  args)
+    name, arms = chosen_arms(args, FAMILIES, "recall", "recall")
+    bench = Bench(name, args)
     steps, every = (100, 50) if args.quick else (args.steps, args.every)
     results, text = {}, []
     for name, arm in arms.items():
-        if args.arm and name not in args.arm:
-            continue
         results[name] = run_arm(arm, steps, every, args.seed)
         text.append(table(results[name], name))
     bench.save({"model": "recipes/tiny.yaml model.llm, fresh", "family": args.family, "seed": args.seed,
                 "arms": results}, text)
-
 
 if __name__ == "__main__":
     main()
