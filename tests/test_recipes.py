@@ -3,6 +3,7 @@ numbers, build the intended MoE layout on the meta device, and `base:` inheritan
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -101,14 +102,25 @@ def test_variants_append_one_stage_to_their_base():
 
 
 def test_the_long_mode_is_the_default_trained_longer_on_the_same_world():
+    """Longer stages, the grid position embedding, and a lookup stage before an SFT that reads its questions too,
+    on one view per image as the lookup does."""
     long, default = load_config(RECIPES / "tiny-long.yaml"), load_config(RECIPES / "tiny.yaml")
-    assert long.model == default.model and long.world_dir() == default.world_dir() == Path("runs/tiny/world")
-    assert long.run_dir != default.run_dir
-    for ours, theirs in zip(long.stages, default.stages, strict=True):
-        assert (ours.name, ours.data, ours.lr, ours.batch_size, ours.seq_len, ours.image, ours.trainable) == \
-               (theirs.name, theirs.data, theirs.lr, theirs.batch_size, theirs.seq_len, theirs.image, theirs.trainable)
+    grid = dataclasses.replace(default.model.connector, position_embedding=True)
+    assert long.model == dataclasses.replace(default.model, connector=grid)
+    assert long.world_dir() == default.world_dir() == Path("runs/tiny/world") and long.run_dir != default.run_dir
+    stages = {s.name: s for s in long.stages}
+    lookup = stages.pop("lookup")
+    assert [s.name for s in long.stages] == ["encoder", "pretrain", "cpt", "lookup", "sft"]
+    assert [(s.format, s.path) for s in lookup.data] == [("world-questions", "runs/tiny/world")]
+    assert lookup.steps * lookup.batch_size >= 150_000 and lookup.lr <= 3e-4 and not lookup.image.split.enabled
+    for ours, theirs in zip(stages.values(), default.stages, strict=True):
+        data = [s for s in ours.data if s.format != "world-questions"]
+        assert (ours.name, data, ours.lr, ours.batch_size, ours.seq_len, ours.trainable) == \
+               (theirs.name, theirs.data, theirs.lr, theirs.batch_size, theirs.seq_len, theirs.trainable)
+        assert ours.image == theirs.image or (ours.name == "sft" and not ours.image.split.enabled)
         assert ours.steps >= 1.5 * theirs.steps
         assert ours.eval is None or (ours.eval.limit is None and ours.eval.tasks == theirs.eval.tasks)
+    assert [s.options for s in stages["sft"].data if s.format == "world-questions"] == [lookup.data[0].options]
 
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
@@ -132,6 +144,11 @@ def test_base_merges_mappings_and_named_lists(tmp_path):
     assert (a.name, a.steps, a.warmup_steps, a.trainable) == ("a", 7, 1, ["connector"])  # plain lists replace
     assert [(s.name, s.path, s.weight) for s in a.data] == [("x", "x", 1), ("y", "y", 9)]  # named lists merge
     assert (b.name, b.steps) == ("b", 4)  # new names append; overrides apply after the merge
+    middle = write(tmp_path / "m.yaml", {"base": "base.yaml", "stages": [{"name": "a"}, {"name": "z", "steps": 2,
+                                                                                         "warmup_steps": 0}]})
+    inner = write(tmp_path / "i.yaml", {"base": "m.yaml", "stages": [{"name": "a"}, {"name": "b", "steps": 3,
+                                                                                    "warmup_steps": 0}]})
+    assert [s.name for s in load_config(inner).stages] == ["a", "b", "z"]  # a new name goes after the one before it
 
 
 def test_base_errors_name_the_files(tmp_path):

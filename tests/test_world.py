@@ -19,6 +19,7 @@ from PIL import Image
 
 from mm1.cli import main
 from mm1.data.coords import from_bins, parse_regions, text_to_box, text_to_point
+from mm1.data.readers import open_reader
 from mm1.data.world import VERSION, ensure, generate
 from mm1.data.world.base import COLOURS, HELD_OUT_PAIRS, HELD_OUT_WORDS, HELDOUT, SHAPES, TRAIN, TRAIN_PAIRS
 from mm1.data.world import ui
@@ -290,6 +291,43 @@ def test_webdataset_reads_the_shards(world):
             assert Image.open(io.BytesIO(sample["png"])).size == (meta["width"], meta["height"])
         if part == "captions":
             assert {json.loads(s["json"])["style"] for s in samples} == {"short", "dense"}
+
+
+def test_world_questions_are_single_questions_of_the_asked_kinds_on_training_pairs(world):
+    """The lookup stage's source: one question per new training-split scene, drawn as read, the same on every read."""
+    def read(**options):
+        return list(open_reader("world-questions", str(world), records=300, **options))
+
+    kinds = ["position", "ground-box"]
+    records = read(kinds=kinds)
+    assert len(records) == 300 and [r.messages for r in records] == [r.messages for r in read(kinds=kinds)]
+    thirds = {f"{row} {col}".strip() or "centre" for row in ("top", "", "bottom") for col in ("left", "", "right")}
+    kinds, expressions = set(), set()
+    for record in records:
+        question, answer = record.messages
+        assert question["content"].startswith("<image>\n") and question["content"].count("<image>") == 1
+        assert len(record.images) == 1 and Image.open(io.BytesIO(record.images[0])).size[0] > 0
+        named = re.search(rf"({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b", question["content"])
+        assert (named[1], named[2]) in TRAIN_PAIRS
+        if "bounding box" in question["content"]:
+            kinds.add("ground-box")
+            asked, name = question["content"].split("\n")[1], f"{named[1]} {named[2]}"
+            expressions.add("name" if asked.startswith(f"Where is the {name}?") else
+                            "place" if asked.startswith(f"Where is {name} ") else
+                            "size" if re.match(rf"Where is the (small|medium|large) {name}\?", asked) else asked)
+            assert text_to_box(answer["content"], Image.open(io.BytesIO(record.images[0])).size)
+        else:
+            kinds.add("position")
+            assert answer["content"] in thirds - {""}
+    assert kinds == {"position", "ground-box"}  # each kind drawn, in shares near its 1/2
+    # named in the three ways the held-out referring expressions name objects (evaluation.py)
+    assert expressions == {"name", "place", "size"}
+    assert 100 < sum("bounding box" in r.messages[0]["content"] for r in records) < 200
+    assert len({r.messages[0]["content"] for r in read()}) > 30  # every scene question by default
+    with pytest.raises(ValueError, match=r"unknown question kinds \['colr'\]"):
+        read(kinds=["colr"])
+    with pytest.raises(FileNotFoundError, match="world.json does not exist"):
+        list(open_reader("world-questions", str(world / "captions")))
 
 
 def check_interleaved(texts: list, images: list, load) -> None:

@@ -171,7 +171,7 @@ class SourceConfig:
     """One data source of a stage's mixture: `{name: captions, format: webdataset, path: data/captions, weight: 45}`."""
 
     name: str
-    format: str  # registry name: webdataset | interleaved | text | llava
+    format: str  # registry name: webdataset | interleaved | text | llava | world-questions
     path: str
     weight: float = 1.0  # relative share of the samples drawn (MM1: captions 45, interleaved 45, text 10)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # reader options, e.g. {category: math}
@@ -371,14 +371,22 @@ def _named(value: Any) -> bool:
 
 def merge_trees(base: Any, over: Any) -> Any:
     """`over` on top of `base`: mappings merge key by key; lists of named mappings (stages, data sources) merge by
-    `name`, so a variant can change one stage's lr or append a stage; new names are appended; other values replace."""
+    `name`, so a variant can change one stage's lr or add a stage: a new name goes right after the one listed before
+    it in `over` (at the end when it is listed first); other values replace."""
     if isinstance(base, dict) and isinstance(over, dict):
         return {**base, **{k: merge_trees(base[k], v) if k in base else v for k, v in over.items()}}
     if _named(base) and _named(over):
-        merged = {item["name"]: item for item in base}
-        for item in over:
-            merged[item["name"]] = merge_trees(merged[item["name"]], item) if item["name"] in merged else item
-        return list(merged.values())
+        merged = [dict(item) for item in base]
+        names = [item["name"] for item in merged]
+        for previous, item in zip([None] + over[:-1], over):
+            if item["name"] in names:
+                at = names.index(item["name"])
+                merged[at] = merge_trees(merged[at], item)
+                continue
+            at = names.index(previous["name"]) + 1 if previous is not None else len(merged)
+            merged.insert(at, item)
+            names.insert(at, item["name"])
+        return merged
     return over
 
 

@@ -6,6 +6,7 @@
 | `interleaved` | OBELICS-style `.parquet` / `.jsonl` rows with parallel `texts` / `images` lists | interleaved document |
 | `text`        | `.jsonl` (`text` field), `.txt` (one document per line), `.parquet` (`text` column) | text-only document |
 | `llava`       | LLaVA `.json` list or `.jsonl` (`image` / `images` / `video`, `conversations`) | chat |
+| `world-questions` | a synthetic world's folder (`world.json`); its scenes are drawn as they are read | chat |
 
 Records are sharded across distributed ranks and data-loader workers by index (record i goes to slot
 i mod (ranks x workers)), so every record is read exactly once per pass.  A bad record is skipped and counted
@@ -14,6 +15,7 @@ with its file, record and reason in `SkipStats`; nothing is dropped silently.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tarfile
@@ -321,6 +323,34 @@ class LlavaReader(Reader):
         if not isinstance(refs, list):
             raise BadRecord("images is not a list")
         return [resolve_image(ref, base) for ref in refs]
+
+
+@READERS.register("world-questions")
+class WorldQuestionsReader(LlavaReader):
+    """One question about a new scene of the synthetic world's training split per record, drawn as it is read
+    (`mm1.data.world.conversations.single_question`): no files, so a stage can read as many as the LLM needs.
+    `path` is a world folder; its `world.json` gives the seed.  Options: `kinds` (the question tasks asked, e.g.
+    [position, ground-box]; default every scene question) and `records` per pass (default 100,000; record i is
+    the same scene in every pass)."""
+
+    def raw(self):
+        manifest = Path(self.path) / "world.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} does not exist: format world-questions reads a world folder "
+                                    "(`mm1 data synth --out DIR`)")
+        seed = json.loads(manifest.read_text())["seed"]
+        for index in range(int(self.options.get("records", 100_000))):
+            yield str(manifest), str(index), seed
+
+    def parse(self, source, key, seed):
+        from mm1.data.world.base import TRAIN
+        from mm1.data.world.conversations import SCENE_KINDS, single_question
+
+        kinds = tuple(self.options.get("kinds", SCENE_KINDS))
+        media, conversation = single_question(TRAIN.rng(seed, f"single-question:{key}"), TRAIN, kinds)
+        png = io.BytesIO()
+        media["image"].save(png, format="PNG")
+        return super().parse(source, key, (Path(self.path), {"image": png.getvalue(), "conversations": conversation}))
 
 
 def open_reader(fmt: str, path: str, stats: SkipStats | None = None, sharded: bool = True, **options) -> Reader:

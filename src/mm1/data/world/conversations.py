@@ -10,10 +10,12 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from mm1.data.coords import box_to_text
 from mm1.data.world import multi_image, text_rich, ui, video
 from mm1.data.world.base import QA, Split
 from mm1.data.world.documents import facts
-from mm1.data.world.scenes import arithmetic, dense_caption, grounding, questions, render, sample_scene, short_captions
+from mm1.data.world.scenes import (arithmetic, dense_caption, grounding, questions, referring_expressions, render,
+                                  sample_scene, short_captions)
 from mm1.data.world.writers import Media, write_json
 
 # Shares of the SFT records, close to MM1.5's final mixture (spec 6.2) but with room for video and UI, which
@@ -108,6 +110,36 @@ def record(rng: random.Random, split: Split, category: str) -> tuple[Content, li
         conversation += [{"from": "human", "value": (prompt(media) if i == 0 else "") + question},
                          {"from": "gpt", "value": answer}]
     return media, conversation
+
+
+# The tasks of questions about one scene (`questions` and `grounding`), for `single_question`'s `kinds`.
+SCENE_KINDS = ("count", "colour", "shape", "exists", "position", "size", "background",
+               "ground-box", "ground-point", "refer-box", "refer-point", "grounded-caption")
+
+
+def single_question(rng: random.Random, split: Split,
+                    kinds: tuple[str, ...] = SCENE_KINDS) -> tuple[Content, list[dict]]:
+    """One question about a new scene, of a kind drawn uniformly from `kinds`.  The LLM learns to find the object
+    a question names only after some 150,000 such questions, one per image; asked several to a conversation, as
+    `record` does, it did not within 290,000 (README, "the lookup")."""
+    unknown = sorted(set(kinds) - set(SCENE_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown question kinds {unknown or 'none given'}; "
+                         f"the world's scene questions: {SCENE_KINDS}")
+    kind = rng.choice(kinds)
+    while True:  # some kinds are asked only of some scenes ("What colour is the circle?" needs one circle)
+        scene = sample_scene(rng, split)
+        if kind == "ground-box":  # named in each way a RefCOCO-style record names it, not only "the red circle"
+            obj = rng.choice(scene.objects)
+            expression = rng.choice(referring_expressions(scene, obj))
+            asked = [(f"Where is {expression}? Answer with a bounding box.", box_to_text(obj.box, scene.size))]
+        else:
+            asked = [(qa.question, qa.answer) for qa in questions(scene, rng, split) + grounding(scene, rng)
+                     if qa.task == kind]
+        if asked:
+            media = {"image": render(scene)}
+            return media, [{"from": "human", "value": prompt(media) + asked[0][0]},
+                           {"from": "gpt", "value": asked[0][1]}]
 
 
 def cite(media: Content, store: Media, stem: str, rng: random.Random) -> dict:

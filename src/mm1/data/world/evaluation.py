@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mm1.data.world import multi_image, text_rich, ui, video
 from mm1.data.world.base import QA, Split
-from mm1.data.world.scenes import Scene, questions, render, sample_scene, short_captions
+from mm1.data.world.scenes import Scene, questions, referring_expressions, render, sample_scene, short_captions
 from mm1.data.world.writers import Media, write_json, write_jsonl
 
 REFS_PER_IMAGE = 5  # COCO has 5 reference captions per image
@@ -33,7 +33,7 @@ def _referring(scene: Scene, rng: random.Random, path: str, split: Split, index:
     x1, y1, x2, y2 = obj.box
     return {"ref_id": index, "image": path, "width": scene.width, "height": scene.height,
             "bbox": [x1, y1, x2 - x1, y2 - y1], "category": obj.shape, "split": split.name,
-            "sentences": [f"the {obj.name}", f"{obj.name} {scene.at(obj)}", f"the {obj.size} {obj.name}"]}
+            "sentences": referring_expressions(scene, obj)}
 
 
 def write_scenes(root: Path, split: Split, seed: int, n: int) -> dict[str, int]:

@@ -171,6 +171,11 @@ def dense_caption(scene: Scene, rng: random.Random) -> str:
     return " ".join(parts)
 
 
+def referring_expressions(scene: Scene, obj: Obj) -> list[str]:
+    """The ways a RefCOCO-style record names one object: by name, by name and place, by size and name."""
+    return [f"the {obj.name}", f"{obj.name} {scene.at(obj)}", f"the {obj.size} {obj.name}"]
+
+
 def describe(obj: Obj) -> str:
     return f"a {obj.size} {obj.name}"
 
