@@ -144,8 +144,8 @@ def test_base_merges_mappings_and_named_lists(tmp_path):
     assert (a.name, a.steps, a.warmup_steps, a.trainable) == ("a", 7, 1, ["connector"])  # plain lists replace
     assert [(s.name, s.path, s.weight) for s in a.data] == [("x", "x", 1), ("y", "y", 9)]  # named lists merge
     assert (b.name, b.steps) == ("b", 4)  # new names append; overrides apply after the merge
-    middle = write(tmp_path / "m.yaml", {"base": "base.yaml", "stages": [{"name": "a"}, {"name": "z", "steps": 2,
-                                                                                         "warmup_steps": 0}]})
+    write(tmp_path / "m.yaml", {"base": "base.yaml", "stages": [{"name": "a"}, {"name": "z", "steps": 2,
+                                                                                "warmup_steps": 0}]})
     inner = write(tmp_path / "i.yaml", {"base": "m.yaml", "stages": [{"name": "a"}, {"name": "b", "steps": 3,
                                                                                     "warmup_steps": 0}]})
     assert [s.name for s in load_config(inner).stages] == ["a", "b", "z"]  # a new name goes after the one before it
