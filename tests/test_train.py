@@ -234,6 +234,10 @@ def test_stage_option_runs_one_stage_from_the_previous_export(data, tmp_path):
     # The stage's own export, though a later stage has none yet (`mm1 train` prints it).
     assert Trainer(config_from_dict(tree), progress=False).run("second") == tmp_path / "run" / "second" / "model"
     assert not (tmp_path / "run" / "third").exists()
+    tree["model"]["connector"]["position_embedding"] = True  # a run resumed with another architecture stops
+    with pytest.raises(ValueError, match=r"second/model was built with another model than the recipe's: "
+                                         r"\{'connector': \{'saved': .*'position_embedding': False"):
+        Trainer(config_from_dict(tree), progress=False).run("third")
 
 
 def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):

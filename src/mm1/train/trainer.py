@@ -225,6 +225,11 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             return MM1Model(self.cfg, self.tokenizer())
         model = MM1Model.from_pretrained(previous)
+        saved, wanted = to_dict(model.config.model), to_dict(self.cfg.model)
+        if saved != wanted:  # else the run's config would describe weights the model does not have
+            changed = {k: {"saved": saved.get(k), "recipe": v} for k, v in wanted.items() if saved.get(k) != v}
+            raise ValueError(f"{previous} was built with another model than the recipe's: {changed}. A run's stages "
+                             "share one architecture; train the changed model in a new run_dir")
         model.config = self.cfg  # the run's config (same architecture) carries the stages' settings on
         return model
 
