@@ -376,16 +376,14 @@ def merge_trees(base: Any, over: Any) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
         return {**base, **{k: merge_trees(base[k], v) if k in base else v for k, v in over.items()}}
     if _named(base) and _named(over):
-        merged = [dict(item) for item in base]
-        names = [item["name"] for item in merged]
+        merged = list(base)
         for previous, item in zip([None] + over[:-1], over):
+            names = [m["name"] for m in merged]
             if item["name"] in names:
                 at = names.index(item["name"])
                 merged[at] = merge_trees(merged[at], item)
-                continue
-            at = names.index(previous["name"]) + 1 if previous is not None else len(merged)
-            merged.insert(at, item)
-            names.insert(at, item["name"])
+            else:
+                merged.insert(names.index(previous["name"]) + 1 if previous is not None else len(merged), item)
         return merged
     return over
 

@@ -10,12 +10,11 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from mm1.data.coords import box_to_text
 from mm1.data.world import multi_image, text_rich, ui, video
 from mm1.data.world.base import QA, Split
 from mm1.data.world.documents import facts
-from mm1.data.world.scenes import (arithmetic, dense_caption, grounding, questions, referring_expressions, render,
-                                  sample_scene, short_captions)
+from mm1.data.world.scenes import (arithmetic, box_question, dense_caption, grounding, questions,
+                                  referring_expressions, render, sample_scene, short_captions)
 from mm1.data.world.writers import Media, write_json
 
 # Shares of the SFT records, close to MM1.5's final mixture (spec 6.2) but with room for video and UI, which
@@ -131,15 +130,13 @@ def single_question(rng: random.Random, split: Split,
         scene = sample_scene(rng, split)
         if kind == "ground-box":  # named in each way a RefCOCO-style record names it, not only "the red circle"
             obj = rng.choice(scene.objects)
-            expression = rng.choice(referring_expressions(scene, obj))
-            asked = [(f"Where is {expression}? Answer with a bounding box.", box_to_text(obj.box, scene.size))]
+            asked = [box_question(scene, obj, rng.choice(referring_expressions(scene, obj)))]
         else:
-            asked = [(qa.question, qa.answer) for qa in questions(scene, rng, split) + grounding(scene, rng)
-                     if qa.task == kind]
+            asked = [qa for qa in questions(scene, rng, split) + grounding(scene, rng) if qa.task == kind]
         if asked:
             media = {"image": render(scene)}
-            return media, [{"from": "human", "value": prompt(media) + asked[0][0]},
-                           {"from": "gpt", "value": asked[0][1]}]
+            return media, [{"from": "human", "value": prompt(media) + asked[0].question},
+                           {"from": "gpt", "value": asked[0].answer}]
 
 
 def cite(media: Content, store: Media, stem: str, rng: random.Random) -> dict:

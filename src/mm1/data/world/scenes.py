@@ -205,11 +205,17 @@ def questions(scene: Scene, rng: random.Random, split: Split) -> list[QA]:
     return qa
 
 
+def box_question(scene: Scene, obj: Obj, expression: str) -> QA:
+    """Grounding: the box of the object `expression` names (one of its `referring_expressions`)."""
+    return QA(f"Where is {expression}? Answer with a bounding box.", box_to_text(obj.box, scene.size), "ground-box",
+              "refer-ground")
+
+
 def grounding(scene: Scene, rng: random.Random) -> list[QA]:
     """Referring (region in the question) and grounding (region in the answer), coordinates in the coords format."""
     obj = rng.choice(scene.objects)
     box, point = box_to_text(obj.box, scene.size), point_to_text(obj.centre, scene.size)
-    qa = [QA(f"Where is the {obj.name}? Answer with a bounding box.", box, "ground-box", "refer-ground"),
+    qa = [box_question(scene, obj, f"the {obj.name}"),
           QA(f"Point to the {obj.name}.", point, "ground-point", "refer-ground"),
           QA(f"What is the object in the region {box}?", describe(obj), "refer-box", "refer-ground"),
           QA(f"What colour is the shape at {point}?", obj.colour, "refer-point", "refer-ground"),
