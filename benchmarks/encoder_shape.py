@@ -6,7 +6,8 @@ linear head on its mean patch feature is trained with cross-entropy on the shape
 training (colour, shape) pairs (batch 128, AdamW at the encoder stage's lr and weight decay, bf16 autocast), and
 scored on scenes of the held-out pairs (compositional: each colour's held-out shape is never seen with it) and on new
 scenes of the training pairs.  Arms: patch 8 (the default; 64 tokens per 64-px view) vs patch 4 (256 tokens), in
-colour and in greyscale.
+colour and in greyscale, with CLIP's linear patch embedding; and patch 8 with the convolutional stem
+(`model.encoder.stem: conv`), in colour and in greyscale.
 
 `--task letter` asks the same of reading: single white capitals on signs (`mm1 probe`'s letter row; 26 classes)
 in the world's sign font at 24 and 28 px, scored at 26 px (held out) and on new signs at the trained sizes (seen),
@@ -61,7 +62,8 @@ HELD_OUT = {"shape": "held-out pairs", "letter": "held-out size"}  # the columns
 SEEN = {"shape": "seen pairs", "letter": "seen sizes"}
 
 
-def train_arm(task: str, patch: int, greyscale: bool, steps: int, every: int, export: str | None = None) -> list[dict]:
+def train_arm(task: str, patch: int, greyscale: bool, stem: str, steps: int, every: int,
+              export: str | None = None) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
@@ -69,7 +71,8 @@ def train_arm(task: str, patch: int, greyscale: bool, steps: int, every: int, ex
     from mm1.data.image import ViewMaker
     from mm1.model.encoder import ImageEncoder
 
-    cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"model.encoder.patch_size={patch}"])
+    cfg = load_config(REPO / "recipes" / "tiny.yaml",
+                      [f"model.encoder.patch_size={patch}", f"model.encoder.stem={stem}"])
     stage = cfg.stages[0]
     torch.manual_seed(0)
     draw, groups, classes = TASKS[task](greyscale)
@@ -97,7 +100,8 @@ def train_arm(task: str, patch: int, greyscale: bool, steps: int, every: int, ex
         loss.backward()
         optimizer.step()
         if step % every == 0:
-            rows.append({"task": task, "patch": patch, "images": "greyscale" if greyscale else "colour", "step": step,
+            rows.append({"task": task, "patch": patch, "stem": stem, "images": "greyscale" if greyscale else "colour",
+                         "step": step,
                          "train loss": round(loss.item(), 3), HELD_OUT[task]: round(accuracy(held_out), 3),
                          SEEN[task]: round(accuracy(seen), 3), "s": round(time.perf_counter() - start)})
     if export:
@@ -111,22 +115,33 @@ def train_arm(task: str, patch: int, greyscale: bool, steps: int, every: int, ex
     return rows
 
 
+# Greyscale arms only where colour is a shortcut (shape is tied to colour in the training pairs; letters are white
+# on any sign colour).  An arm: (patch size, greyscale, stem).
+ARMS = {"shape": {"patch 8": (8, False, "patch"), "patch 8, greyscale": (8, True, "patch"),
+                  "patch 4": (4, False, "patch"), "patch 4, greyscale": (4, True, "patch"),
+                  "patch 8, conv stem": (8, False, "conv"), "patch 8, conv stem, greyscale": (8, True, "conv")},
+        "letter": {"patch 8": (8, False, "patch"), "patch 4": (4, False, "patch"),
+                   "patch 8, conv stem": (8, False, "conv")}}
+
+
 def main() -> None:
     p = cli(__doc__)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--task", choices=sorted(TASKS), default="shape",
                    help="shape of one-object scenes, or letter: single capitals on signs (what reading needs)")
+    p.add_argument("--arm", action="append", help="only this arm (repeatable; default: every arm of the task)")
+    p.add_argument("--tag", help="appended to the results' name, to keep a run of some arms apart")
     p.add_argument("--export", help="train the patch-4 colour arm only and save it as an MM1 model directory here")
     args = p.parse_args()
+    unknown = sorted(set(args.arm or []) - set(ARMS[args.task]))
+    if unknown:
+        raise SystemExit(f"--arm {unknown}: not an arm of {args.task}; its arms: {sorted(ARMS[args.task])}")
     bench = Bench("encoder_shape" + ("" if args.task == "shape" else f"_{args.task}")
-                  + ("-export" if args.export else ""), args)
+                  + (f"_{args.tag}" if args.tag else "") + ("-export" if args.export else ""), args)
     steps = 60 if args.quick else args.steps
-    # Greyscale arms only where colour is a shortcut (shape is tied to colour in the training pairs; letters are
-    # white on any sign colour).
-    all_arms = [(8, False), (8, True), (4, False), (4, True)] if args.task == "shape" else [(8, False), (4, False)]
-    arms = [(4, False)] if args.export else [(8, False)] if args.quick else all_arms
-    rows = [row for patch, grey in arms
-            for row in train_arm(args.task, patch, grey, steps, max(1, steps // 3), args.export)]
+    chosen = ["patch 4"] if args.export else ["patch 8"] if args.quick else args.arm or list(ARMS[args.task])
+    rows = [row for arm in chosen
+            for row in train_arm(args.task, *ARMS[args.task][arm], steps, max(1, steps // 3), args.export)]
     title = {"shape": "shape of one-object scenes, learnt with labels (chance 0.20; 5 shapes)",
              "letter": "capital letters on signs, learnt with labels (chance 0.04; 26 letters; held out: font size 26)"}
     bench.save({"rows": rows}, [table(rows, title[args.task])])

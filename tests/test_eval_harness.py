@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -154,9 +155,16 @@ def test_jsonl_box_is_the_region_a_grounding_answer_must_hit(tmp_path):
 def test_numbered_images_name_each_image_as_multi_image_data_does():
     task = load_task(Path(__file__).parents[1] / "recipes/tasks/world-multi-image.yaml").config
     query = Sample("q", ["a.png", "b.png", "c.png"], question="Which image has more shapes?", answers=["Image 2"])
-    prompt = build_prompt(task, query, [], "chat")
-    assert prompt.messages[-1]["content"] == (f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\nImage 3: "
-                                              f"{IMAGE_TOKEN}\nWhich image has more shapes?")
+    numbered = f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\nImage 3: {IMAGE_TOKEN}\n"
+    assert build_prompt(task, query, [], "chat").messages[-1]["content"] == numbered + "Which image has more shapes?"
+    # With options, the turn lists them and asks for the letter, as the world's SFT turns with options do.
+    choice = dataclasses.replace(query, options=["Image 1", "Image 2", "Image 3"], answers=["B"])
+    assert build_prompt(task, choice, [], "chat").messages[-1]["content"] == (
+        numbered + "Which image has more shapes?\nA. Image 1\nB. Image 2\nC. Image 3\n"
+        "Answer with the option's letter.")
+    support = dataclasses.replace(choice, id="s", images=["d.png", "e.png", "f.png"], target="B")
+    assert [m["content"].endswith("letter.") for m in build_prompt(task, query, [support], "chat").messages] == [
+        True, False, False]
 
 
 def test_unreadable_annotation_file_is_a_config_error(tmp_path):
@@ -177,6 +185,7 @@ def test_builtin_tasks_load_and_bad_task_files_fail_clearly(tmp_path):
     task = {"name": "t", "data": {"format": "jsonl", "annotations": "x.jsonl"}, "metric": "bleu",
             "fewshot_format": "{question} {answer}", "instruction": "{question}"}
     for change, error in [({}, "unknown metric 'bleu'"), ({"metric": "cider", "instruction": "{colour}"}, "['colour']"),
+                          ({"metric": "cider", "choice_instruction": "{letter}"}, "choice_instruction uses ['letter']"),
                           ({"metric": "cider", "fewshot_format": "{question}"}, "must contain {answer}"),
                           ({"metric": "cider", "prompt": "x"}, "prompt: unknown key")]:
         (tmp_path / "t.yaml").write_text(json.dumps(task | change))

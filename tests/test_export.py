@@ -18,10 +18,10 @@ from mm1.model.mllm import MM1Model
 
 
 def tiny(encoder: str = "clip", connector: str = "mlp", tie: bool = False,
-         connector_extras: dict | None = None) -> MM1Model:
+         connector_extras: dict | None = None, encoder_extras: dict | None = None) -> MM1Model:
     cfg = config_from_dict({"model": {
         "encoder": {"type": encoder, "image_size": 32, "patch_size": 8, "hidden_size": 32, "layers": 3, "heads": 2,
-                    "intermediate_size": 64, "feature_layer": -2},
+                    "intermediate_size": 64, "feature_layer": -2, **(encoder_extras or {})},
         "connector": {"type": connector, "tokens": 4, "mlp_depth": 2, **(connector_extras or {})},
         "llm": {"hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64, "max_positions": 512,
                 "tie_embeddings": tie}}})
@@ -105,3 +105,9 @@ def test_connector_extras_fail_clearly(tmp_path, capsys, extra, named):
     tiny(connector_extras={extra: True}).save_pretrained(tmp_path / "mm1")
     assert main(["export", str(tmp_path / "mm1"), str(tmp_path / "llava")]) == 2
     assert f"the connector adds {named}" in capsys.readouterr().err and not (tmp_path / "llava").exists()
+
+
+def test_conv_stem_fails_clearly(tmp_path, capsys):
+    tiny(encoder_extras={"stem": "conv"}).save_pretrained(tmp_path / "mm1")
+    assert main(["export", str(tmp_path / "mm1"), str(tmp_path / "llava")]) == 2
+    assert "the encoder has a conv stem" in capsys.readouterr().err and not (tmp_path / "llava").exists()

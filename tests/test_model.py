@@ -121,6 +121,29 @@ def test_weights_that_do_not_match_the_config_are_named(tmp_path):
         load(tmp_path / "m")
 
 
+def test_conv_stem_gives_the_same_tokens_and_saves_with_the_model(tmp_path):
+    cfg = tiny_config(image={"size": 48})
+    cfg.model.encoder.stem = "conv"
+    torch.manual_seed(0)
+    model = MM1Model(cfg, build_tokenizer(cfg.tokenizer, CORPUS)).eval()
+    stem = model.encoder.vision.embeddings.patch_embedding
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 3 + [(1, 1)]  # 8 = 2 x 2 x 2
+    for view_size in (48, 32, 16):  # interpolated position embeddings, as with the linear stem
+        pixels = torch.randn(2, 3, view_size, view_size)
+        assert model.encoder(pixels).shape == (2, (view_size // 8) ** 2, 32)
+    model.save_pretrained(tmp_path / "m")
+    restored = load(tmp_path / "m")
+    batch = chat_batch(model)
+    assert torch.equal(model(**batch).logits, restored(**batch).logits)
+    assert restored.config.model.encoder.stem == "conv"
+    encoder = {"image_size": 32, "patch_size": 8, "stem": "conv"}
+    assert config_from_dict({"model": {"encoder": encoder | {"patch_size": 4}}}).model.encoder.stem == "conv"
+    for change, error in [({"path": "clip-dir"}, "brings its own linear patch embedding"),
+                          ({"patch_size": 6, "image_size": 24}, "power of two; got 6")]:
+        with pytest.raises(ConfigError, match=error):
+            config_from_dict({"model": {"encoder": encoder | change}})
+
+
 @pytest.mark.parametrize("connector,moe", [(c, False) for c in CONNECTORS] + [("c-abstractor", True)])
 def test_save_load_is_bit_exact(tmp_path, connector, moe):
     model = tiny_model(connector, moe).eval()

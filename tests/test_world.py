@@ -330,6 +330,27 @@ def test_world_questions_are_single_questions_of_the_asked_kinds_on_training_pai
         list(open_reader("world-questions", str(world / "captions")))
 
 
+def test_world_captions_are_captioned_training_scenes_of_the_asked_object_count(world):
+    """A caption stream drawn as read, in the world's caption styles; `objects: 1` gives one-object scenes."""
+    def read(**options):
+        return list(open_reader("world-captions", str(world), records=200, **options))
+
+    def named(record):
+        return re.findall(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b", record.text)
+
+    single = read(objects=1)
+    assert len(single) == 200 and [r.text for r in single] == [r.text for r in read(objects=1)]
+    for record in single:
+        assert record.text.startswith("<image>") and record.text.count("<image>") == 1
+        assert len(record.images) == 1 and Image.open(io.BytesIO(record.images[0])).size[0] > 0
+        assert len(set(named(record))) == 1 and named(record)[0] in TRAIN_PAIRS
+    assert 30 < sum(r.text.startswith("<image>The image shows") for r in single) < 90  # dense share 0.3
+    assert max(len(set(named(r))) for r in read()) > 1  # 1-5 objects by default
+    for bad in (0, 6, "two", True):
+        with pytest.raises(ValueError, match="a scene holds 1 to 5 objects"):
+            read(objects=bad)
+
+
 def check_interleaved(texts: list, images: list, load) -> None:
     assert len(texts) == len(images) and images
     assert all((t is None) != (i is None) for t, i in zip(texts, images))

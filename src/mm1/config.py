@@ -38,6 +38,11 @@ class EncoderConfig:
     # Which hidden state feeds the connector (LLaVA convention: -1 last layer, -2 penultimate).
     # Layers after it are removed at build time, so they cost nothing and hold no unused parameters.
     feature_layer: int = -1
+    # How pixels become patch tokens: "patch", CLIP's linear embedding of each patch; "conv", stride-2 3x3
+    # convolutions down to the patch size (Xiao et al. 2021, "Early convolutions help transformers see better"):
+    # from random weights, the patch-8 ViT learns the shape of 9-26 px objects with it (README).  From-scratch
+    # encoders only: a pre-trained CLIP comes with its linear one.
+    stem: Literal["patch", "conv"] = "patch"
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP statistics
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -46,6 +51,12 @@ class EncoderConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.feature_layer == 0 or abs(self.feature_layer) > self.layers:
             raise ValueError(f"feature_layer {self.feature_layer} is outside 1..{self.layers} (or -1..-{self.layers})")
+        if self.stem == "conv" and self.path:
+            raise ValueError(f"stem 'conv' is for encoders trained from scratch; {self.path} brings its own linear "
+                             f"patch embedding (use stem 'patch')")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"stem 'conv' halves the resolution per layer, so patch_size must be a power of two; "
+                             f"got {self.patch_size}")
 
 
 @dataclass(config=_strict)
@@ -171,7 +182,7 @@ class SourceConfig:
     """One data source of a stage's mixture: `{name: captions, format: webdataset, path: data/captions, weight: 45}`."""
 
     name: str
-    format: str  # registry name: webdataset | interleaved | text | llava | world-questions
+    format: str  # registry name: webdataset | interleaved | text | llava | world-questions | world-captions
     path: str
     weight: float = 1.0  # relative share of the samples drawn (MM1: captions 45, interleaved 45, text 10)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # reader options, e.g. {category: math}

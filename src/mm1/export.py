@@ -70,6 +70,8 @@ def check_exportable(model: MM1Model) -> None:
                                     ("an output norm", connector.output_norm)) if on]
     if extras:
         problems.append(f"the connector adds {' and '.join(extras)}; LLaVA's projector has no such part")
+    if encoder.stem != "patch":
+        problems.append(f"the encoder has a {encoder.stem} stem; LLaVA's vision tower embeds patches linearly")
     if encoder.type not in FEATURE_STRATEGY:
         problems.append(f"encoder type {encoder.type!r} is not one of {sorted(FEATURE_STRATEGY)}")
     if llm.type not in LLMS:

@@ -7,6 +7,7 @@
 | `text`        | `.jsonl` (`text` field), `.txt` (one document per line), `.parquet` (`text` column) | text-only document |
 | `llava`       | LLaVA `.json` list or `.jsonl` (`image` / `images` / `video`, `conversations`) | chat |
 | `world-questions` | a synthetic world's folder (`world.json`); its scenes are drawn as they are read | chat |
+| `world-captions` | the same; one captioned scene per record                 | caption document                     |
 
 Records are sharded across distributed ranks and data-loader workers by index (record i goes to slot
 i mod (ranks x workers)), so every record is read exactly once per pass.  A bad record is skipped and counted
@@ -325,32 +326,71 @@ class LlavaReader(Reader):
         return [resolve_image(ref, base) for ref in refs]
 
 
-@READERS.register("world-questions")
-class WorldQuestionsReader(LlavaReader):
-    """One question about a new scene of the synthetic world's training split per record, drawn as it is read
-    (`mm1.data.world.conversations.single_question`): no files, so a stage can read as many as the LLM needs.
-    `path` is a world folder; its `world.json` gives the seed.  Options: `kinds` (the question tasks asked, e.g.
-    [position, ground-box]; default every scene question) and `records` per pass (default 100,000; record i is
-    the same scene in every pass)."""
+class WorldDraws(Reader):
+    """Records drawn from the synthetic world's training split as they are read: no files, so a stage can read as
+    many as it needs.  `path` is a world folder (its `world.json` gives the seed); option `records` per pass
+    (default 100,000; record i is the same draw in every pass)."""
+
+    draw_name = ""  # names the random stream, so each format draws its own scenes
 
     def raw(self):
         manifest = Path(self.path) / "world.json"
         if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest} does not exist: format world-questions reads a world folder "
+            raise FileNotFoundError(f"{manifest} does not exist: a world-drawn format reads a world folder "
                                     "(`mm1 data synth --out DIR`)")
         seed = json.loads(manifest.read_text())["seed"]
         for index in range(int(self.options.get("records", 100_000))):
             yield str(manifest), str(index), seed
+
+    def rng(self, key: str, seed: int):
+        from mm1.data.world.base import TRAIN
+
+        return TRAIN.rng(seed, f"{self.draw_name}:{key}")
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@READERS.register("world-questions")
+class WorldQuestionsReader(WorldDraws, LlavaReader):
+    """One question about a new scene per record (`mm1.data.world.conversations.single_question`).  Option `kinds`:
+    the question tasks asked, e.g. [position, ground-box]; default every scene question."""
+
+    draw_name = "single-question"
 
     def parse(self, source, key, seed):
         from mm1.data.world.base import TRAIN
         from mm1.data.world.conversations import SCENE_KINDS, single_question
 
         kinds = tuple(self.options.get("kinds", SCENE_KINDS))
-        media, conversation = single_question(TRAIN.rng(seed, f"single-question:{key}"), TRAIN, kinds)
-        png = io.BytesIO()
-        media["image"].save(png, format="PNG")
-        return super().parse(source, key, (Path(self.path), {"image": png.getvalue(), "conversations": conversation}))
+        media, conversation = single_question(self.rng(key, seed), TRAIN, kinds)
+        record = {"image": png_bytes(media["image"]), "conversations": conversation}
+        return super().parse(source, key, (Path(self.path), record))
+
+
+@READERS.register("world-captions")
+class WorldCaptionsReader(WorldDraws):
+    """One captioned new scene per record, as the world's caption shards hold them
+    (`mm1.data.world.pretraining.captioned_scene`).  Option `objects`: objects per scene (default 1-5); scenes of
+    one object make the shape of each object tell one caption from another (README, "shape")."""
+
+    draw_name = "world-caption"
+
+    def raw(self):
+        objects = self.options.get("objects")
+        if objects is not None and (isinstance(objects, bool) or not isinstance(objects, int) or not 1 <= objects <= 5):
+            raise ValueError(f"format world-captions: option objects is {objects!r}; a scene holds 1 to 5 objects")
+        yield from super().raw()
+
+    def parse(self, source, key, seed):
+        from mm1.data.world.base import TRAIN
+        from mm1.data.world.pretraining import captioned_scene
+
+        image, caption, _ = captioned_scene(self.rng(key, seed), TRAIN, self.options.get("objects"))
+        return Record(source, key, text=IMAGE_TOKEN + caption, images=[png_bytes(image)])
 
 
 def open_reader(fmt: str, path: str, stats: SkipStats | None = None, sharded: bool = True, **options) -> Reader:

@@ -5,7 +5,8 @@ document, each written with the task's `fewshot_format` and its answer, joined b
 written the same way with an empty answer.  Trailing whitespace of the query is dropped, so the model writes the
 space before its answer itself, as in the examples.  It is encoded as plain text (no chat template), without the
 EOS that ends a training document.
-`chat`: the support examples become earlier user/assistant turns, then the query's user turn (`instruction`).
+`chat`: the support examples become earlier user/assistant turns, then the query's user turn (`instruction`, or
+`choice_instruction` for a sample with options).
 
 Mode rule (`resolve_mode`, `--mode auto`): few-shot -> base; zero-shot -> chat when the tokenizer has a chat
 template, else base.  Every mm1 tokenizer has one, so evaluate a pre-trained checkpoint with `--mode base`.
@@ -75,9 +76,9 @@ def build_prompt(task: TaskConfig, query: Sample, support: Sequence[Sample], mod
     if mode == "chat":
         messages = []
         for example in support:
-            messages += [{"role": "user", "content": fill(task.instruction, example, "", task.frames)},
+            messages += [{"role": "user", "content": fill(task.user_turn(example), example, "", task.frames)},
                          {"role": "assistant", "content": example.target}]
-        messages.append({"role": "user", "content": fill(task.instruction, query, "", task.frames)})
+        messages.append({"role": "user", "content": fill(task.user_turn(query), query, "", task.frames)})
         return Prompt([*support, query], messages=messages)
     query_format = task.zero_shot_prompt if not support and task.zero_shot_prompt is not None else task.fewshot_format
     parts = [fill(task.fewshot_format, example, example.target, task.frames) for example in support]

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from mm1.config import ConfigError, _format_errors
-from mm1.data.annotations import READERS, Annotations, read_annotations
+from mm1.data.annotations import READERS, Annotations, Sample, read_annotations
 from mm1.eval.metrics import METRICS
 from mm1.registry import Registry
 
@@ -69,6 +69,9 @@ class TaskConfig:
     metric: str  # METRICS name: cider | vqa-accuracy | anls | grounding-accuracy | exact-match | mc-accuracy
     fewshot_format: str  # base models: one example with its {answer}; the query is the same with an empty answer
     instruction: str  # chat (fine-tuned) models: the user turn
+    # chat models, a sample with options: its user turn, which lists them (as multiple-choice benchmarks do);
+    # default: `instruction` for every sample
+    choice_instruction: Optional[str] = None
     zero_shot_prompt: Optional[str] = None  # base models with 0 shots; default: fewshot_format with an empty answer
     separator: str = "\n"  # between few-shot examples in the base-model document
     support: Optional[DataConfig] = None  # few-shot pool (e.g. the train split); default: the evaluated samples
@@ -80,7 +83,7 @@ class TaskConfig:
         METRICS.get(self.metric)
         for name in self.postprocess:
             FILTERS.get(name)
-        for key in ("fewshot_format", "instruction", "zero_shot_prompt"):
+        for key in ("fewshot_format", "instruction", "choice_instruction", "zero_shot_prompt"):
             template = getattr(self, key)
             fields = {f for _, f, _, _ in string.Formatter().parse(template or "") if f is not None}
             if fields - TEMPLATE_FIELDS:
@@ -88,6 +91,10 @@ class TaskConfig:
                                  f"{sorted(TEMPLATE_FIELDS)}")
         if "{answer}" not in self.fewshot_format:
             raise ValueError("fewshot_format must contain {answer}")
+
+    def user_turn(self, sample: Sample) -> str:
+        """The chat template for this sample's user turn."""
+        return self.choice_instruction if sample.options and self.choice_instruction else self.instruction
 
     def clean(self, text: str) -> str:
         for name in self.postprocess:

@@ -43,6 +43,24 @@ def hf_encoder_config(cfg: EncoderConfig) -> PretrainedConfig:
     )
 
 
+class ConvStem(nn.Sequential):
+    """Stride-2 3x3 convolutions from pixels to one feature vector per patch (channels doubling up to the width),
+    then a 1x1 projection: what `stem: conv` puts in place of the linear patch embedding."""
+
+    def __init__(self, width: int, patch_size: int):
+        layers, channels = [], 3
+        halvings = patch_size.bit_length() - 1
+        for i in range(halvings):
+            out = max(width >> (halvings - 1 - i), 8)
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU()]
+            channels = out
+        super().__init__(*layers, nn.Conv2d(channels, width, 1))
+
+    @property
+    def weight(self) -> torch.Tensor:  # transformers' embeddings read the input dtype from patch_embedding.weight
+        return self[-1].weight
+
+
 class ImageEncoder(nn.Module):
     """Patch features of one hidden layer, without the class token, shaped (views, grid*grid, width)."""
 
@@ -55,6 +73,8 @@ class ImageEncoder(nn.Module):
             vision = family.model_class.from_pretrained(cfg.path, config=hf_config)
         else:
             vision = family.model_class(hf_config)
+        if cfg.stem == "conv":
+            vision.embeddings.patch_embedding = ConvStem(hf_config.hidden_size, hf_config.patch_size)
         self.vision = vision
         self.hf_config = hf_config
         self.patch_size = hf_config.patch_size

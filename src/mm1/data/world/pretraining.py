@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+
+from PIL import Image
 
 from mm1.data.world import text_rich
 from mm1.data.world.base import Split
@@ -13,14 +16,19 @@ from mm1.data.world.writers import Media, Shards, png, write_jsonl, write_parque
 DENSE = 0.3  # share of synthetic dense captions: more than VeCap's 7% so that the style is well represented
 
 
+def captioned_scene(rng: random.Random, split: Split, objects: int | None = None) -> tuple[Image.Image, str, dict]:
+    """A new scene of `objects` objects (default 1-5), its caption and the caption's metadata."""
+    scene = sample_scene(rng, split, n=objects)
+    style = "dense" if rng.random() < DENSE else "short"
+    text = dense_caption(scene, rng) if style == "dense" else short_captions(scene, rng)[0]
+    return render(scene), text, {"style": style, **scene.meta()}
+
+
 def write_captions(folder: Path, split: Split, seed: int, n: int, per_shard: int) -> int:
     rng = split.rng(seed, "captions")
     shards = Shards(folder, split.name, per_shard)
     for _ in range(n):
-        scene = sample_scene(rng, split)
-        style = "dense" if rng.random() < DENSE else "short"
-        text = dense_caption(scene, rng) if style == "dense" else short_captions(scene, rng)[0]
-        shards.add(render(scene), text, {"style": style, **scene.meta()})
+        shards.add(*captioned_scene(rng, split))
     shards.close()
     return n
 
