@@ -11,13 +11,17 @@ colour and in greyscale, with CLIP's linear patch embedding; and patch 8 with th
 
 `--task letter` asks the same of reading: single white capitals on signs (`mm1 probe`'s letter row; 26 classes)
 in the world's sign font at 24 and 28 px, scored at 26 px (held out) and on new signs at the trained sizes (seen),
-patch 8 vs patch 4.  Results: results/encoder_shape[_letter].json.
+patch 8, patch 4 and patch 8 with the conv stem.  Results: results/encoder_shape[_TASK][_TAG].json.
 
-`--export DIR` trains the patch-4 colour arm only and saves it as the encoder of an MM1 model directory (the recipe's
-model at patch 4, tokenizer from `runs/tiny/tokenizer`): put it at `RUN/encoder/model` and `mm1 train
-recipes/tiny.yaml --set run_dir=RUN --set model.encoder.patch_size=4 --stage pretrain` (then cpt, sft) trains the
-default's LLM stages on an encoder that sees shape.  A diagnostic: its labels are the very attributes VQA asks for,
-so it is not the recipe's encoder stage.
+`--task attributes` trains shape, colour, size and background together (four linear heads, the loss their sum), the
+conv-stem arm: how long shape waits behind the easier attributes.
+
+`--export DIR` trains one arm (`--arm`; default patch 4, or the task's first) and saves it as the encoder of an MM1
+model directory (the recipe's model with that arm's patch size and stem, tokenizer from `runs/tiny/tokenizer`): put
+it at `RUN/encoder/model` and `mm1 train recipes/tiny.yaml --set run_dir=RUN --set model.encoder.patch_size=4
+--stage pretrain` (then cpt, sft; `--set model.encoder.stem=conv` for a conv-stem arm) trains the default's LLM
+stages on an encoder that sees shape.  A diagnostic: its labels are the very attributes VQA asks for, so it is not
+the recipe's encoder stage.
 """
 
 from __future__ import annotations
@@ -27,20 +31,26 @@ import time
 from common import REPO, Bench, cli, table
 
 
-def shape_data(greyscale: bool):
-    """(draw(split, rng, n) -> images and labels, the held-out and seen groups' (split, rng), classes)."""
-    from mm1.data.world.base import HELDOUT, SHAPES, TRAIN
-    from mm1.data.world.scenes import render, sample_scene
-    from mm1.eval.probe import ATTRIBUTES
+def scene_data(heads: tuple[str, ...]):
+    """One-object scenes labelled with `mm1 probe`'s attributes `heads`: data(greyscale) -> (draw(split, rng, n) ->
+    images and labels (n, heads), the held-out and seen groups' (split, rng), {head: classes})."""
+    def data(greyscale: bool):
+        import numpy as np
 
-    def draw(split, rng, n: int):
-        scenes = [sample_scene(rng, split, n=1) for _ in range(n)]
-        images = [render(s).convert("L").convert("RGB") if greyscale else render(s) for s in scenes]
-        return images, ATTRIBUTES["shape"].labels(scenes)
+        from mm1.data.world.base import HELDOUT, TRAIN
+        from mm1.data.world.scenes import render, sample_scene
+        from mm1.eval.probe import ATTRIBUTES
 
-    groups = {"train": (TRAIN, TRAIN.rng(0, "shape-bench")), "held-out": (HELDOUT, HELDOUT.rng(0, "shape-bench")),
-              "seen": (TRAIN, TRAIN.rng(1, "shape-bench"))}
-    return draw, groups, len(SHAPES)
+        def draw(split, rng, n: int):
+            scenes = [sample_scene(rng, split, n=1) for _ in range(n)]
+            images = [render(s).convert("L").convert("RGB") if greyscale else render(s) for s in scenes]
+            return images, np.stack([ATTRIBUTES[head].labels(scenes) for head in heads], 1)
+
+        groups = {"train": (TRAIN, TRAIN.rng(0, "shape-bench")),
+                  "held-out": (HELDOUT, HELDOUT.rng(0, "shape-bench")), "seen": (TRAIN, TRAIN.rng(1, "shape-bench"))}
+        return draw, groups, {head: len(ATTRIBUTES[head].classes) for head in heads}
+
+    return data
 
 
 def letter_data(greyscale: bool):
@@ -54,12 +64,15 @@ def letter_data(greyscale: bool):
 
     groups = {name: (LETTER_SIZES[key], random.Random(f"letter-bench-{name}"))
               for name, key in (("train", "fit"), ("held-out", ""), ("seen", "_seen"))}
-    return draw, groups, len(LETTERS)
+    return draw, groups, {"letter": len(LETTERS)}
 
 
-TASKS = {"shape": shape_data, "letter": letter_data}
-HELD_OUT = {"shape": "held-out pairs", "letter": "held-out size"}  # the columns' names
-SEEN = {"shape": "seen pairs", "letter": "seen sizes"}
+# `attributes`: every whole-scene attribute VQA asks of one object, for an encoder to export as a diagnostic (its
+# table shows shape; `--export` also saves the other heads' scores in the results).
+TASKS = {"shape": scene_data(("shape",)), "attributes": scene_data(("shape", "colour", "size", "background")),
+         "letter": letter_data}
+HELD_OUT = {"shape": "held-out pairs", "attributes": "held-out pairs", "letter": "held-out size"}  # the columns
+SEEN = {"shape": "seen pairs", "attributes": "seen pairs", "letter": "seen sizes"}
 
 
 def train_arm(task: str, patch: int, greyscale: bool, stem: str, steps: int, every: int,
@@ -77,33 +90,39 @@ def train_arm(task: str, patch: int, greyscale: bool, stem: str, steps: int, eve
     torch.manual_seed(0)
     draw, groups, classes = TASKS[task](greyscale)
     encoder = ImageEncoder(cfg.model.encoder)
-    head = torch.nn.Linear(encoder.width, classes)
+    head = torch.nn.Linear(encoder.width, sum(classes.values()))  # one linear head per attribute, side by side
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=stage.lr,
                                   weight_decay=stage.weight_decay)
     views = ViewMaker(ImageConfig(size=cfg.model.encoder.image_size), cfg.model.encoder)
 
     def batch(group: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = draw(*groups[group], n)
-        return torch.cat([views(im, 1).pixels for im in images]), torch.from_numpy(labels)
+        return torch.cat([views(im, 1).pixels for im in images]), torch.from_numpy(labels).reshape(n, -1)
 
-    def accuracy(test: tuple[torch.Tensor, torch.Tensor]) -> float:
+    def logits(pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return head(encoder(pixels).mean(1)).float().split(list(classes.values()), dim=1)
+
+    def accuracy(test: tuple[torch.Tensor, torch.Tensor]) -> list[float]:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return (head(encoder(test[0]).mean(1)).argmax(1) == test[1]).float().mean().item()
+            return [(scores.argmax(1) == test[1][:, i]).float().mean().item()
+                    for i, scores in enumerate(logits(test[0]))]
 
     held_out, seen = batch("held-out", 400), batch("seen", 400)
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
         pixels, labels = batch("train", stage.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(head(encoder(pixels).mean(1)).float(), labels)
+            loss = sum(F.cross_entropy(scores, labels[:, i]) for i, scores in enumerate(logits(pixels)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % every == 0:
-            rows.append({"task": task, "patch": patch, "stem": stem, "images": "greyscale" if greyscale else "colour",
-                         "step": step,
-                         "train loss": round(loss.item(), 3), HELD_OUT[task]: round(accuracy(held_out), 3),
-                         SEEN[task]: round(accuracy(seen), 3), "s": round(time.perf_counter() - start)})
+            row = {"task": task, "patch": patch, "stem": stem, "images": "greyscale" if greyscale else "colour",
+                   "step": step, "train loss": round(loss.item(), 3)}
+            for i, (name, held, known) in enumerate(zip(classes, accuracy(held_out), accuracy(seen))):
+                prefix = "" if i == 0 else f"{name}, "  # the first head is the task's own column
+                row |= {prefix + HELD_OUT[task]: round(held, 3), prefix + SEEN[task]: round(known, 3)}
+            rows.append(row | {"s": round(time.perf_counter() - start)})
     if export:
         from transformers import AutoTokenizer
 
@@ -120,6 +139,7 @@ def train_arm(task: str, patch: int, greyscale: bool, stem: str, steps: int, eve
 ARMS = {"shape": {"patch 8": (8, False, "patch"), "patch 8, greyscale": (8, True, "patch"),
                   "patch 4": (4, False, "patch"), "patch 4, greyscale": (4, True, "patch"),
                   "patch 8, conv stem": (8, False, "conv"), "patch 8, conv stem, greyscale": (8, True, "conv")},
+        "attributes": {"patch 8, conv stem": (8, False, "conv")},
         "letter": {"patch 8": (8, False, "patch"), "patch 4": (4, False, "patch"),
                    "patch 8, conv stem": (8, False, "conv")}}
 
@@ -128,10 +148,11 @@ def main() -> None:
     p = cli(__doc__)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--task", choices=sorted(TASKS), default="shape",
-                   help="shape of one-object scenes, or letter: single capitals on signs (what reading needs)")
+                   help="shape of one-object scenes; attributes: shape, colour, size and background together; "
+                        "letter: single capitals on signs (what reading needs)")
     p.add_argument("--arm", action="append", help="only this arm (repeatable; default: every arm of the task)")
     p.add_argument("--tag", help="appended to the results' name, to keep a run of some arms apart")
-    p.add_argument("--export", help="train the patch-4 colour arm only and save it as an MM1 model directory here")
+    p.add_argument("--export", help="train one arm (--arm, default patch 4) and save it as an MM1 model directory here")
     args = p.parse_args()
     unknown = sorted(set(args.arm or []) - set(ARMS[args.task]))
     if unknown:
@@ -139,10 +160,14 @@ def main() -> None:
     bench = Bench("encoder_shape" + ("" if args.task == "shape" else f"_{args.task}")
                   + (f"_{args.tag}" if args.tag else "") + ("-export" if args.export else ""), args)
     steps = 60 if args.quick else args.steps
-    chosen = ["patch 4"] if args.export else ["patch 8"] if args.quick else args.arm or list(ARMS[args.task])
+    if args.export and len(args.arm or []) > 1:
+        raise SystemExit("--export saves one arm's encoder: name at most one --arm")
+    one = "patch 4" if args.export and "patch 4" in ARMS[args.task] else next(iter(ARMS[args.task]))
+    chosen = args.arm or ([one] if args.export or args.quick else list(ARMS[args.task]))
     rows = [row for arm in chosen
             for row in train_arm(args.task, *ARMS[args.task][arm], steps, max(1, steps // 3), args.export)]
     title = {"shape": "shape of one-object scenes, learnt with labels (chance 0.20; 5 shapes)",
+             "attributes": "shape, colour, size and background of one-object scenes, learnt with labels together",
              "letter": "capital letters on signs, learnt with labels (chance 0.04; 26 letters; held out: font size 26)"}
     bench.save({"rows": rows}, [table(rows, title[args.task])])
 
