@@ -40,8 +40,9 @@ class EncoderConfig:
     feature_layer: int = -1
     # How pixels become patch tokens: "patch", CLIP's linear embedding of each patch; "conv", stride-2 3x3
     # convolutions down to the patch size (Xiao et al. 2021, "Early convolutions help transformers see better"):
-    # from random weights, the patch-8 ViT learns the shape of 9-26 px objects with it (README).  From-scratch
-    # encoders only: a pre-trained CLIP comes with its linear one.
+    # with it, a patch-8 ViT from random weights learns from labels the shape of 9-26 px objects and letters, as a
+    # patch-4 one does at four times the tokens (README).  From-scratch encoders only: a pre-trained CLIP comes with
+    # its linear one.
     stem: Literal["patch", "conv"] = "patch"
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP statistics
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)

@@ -374,8 +374,8 @@ class WorldQuestionsReader(WorldDraws, LlavaReader):
 @READERS.register("world-captions")
 class WorldCaptionsReader(WorldDraws):
     """One captioned new scene per record, as the world's caption shards hold them
-    (`mm1.data.world.pretraining.captioned_scene`).  Option `objects`: objects per scene (default 1-5); scenes of
-    one object make the shape of each object tell one caption from another (README, "shape")."""
+    (`mm1.data.world.pretraining.captioned_scene`).  Option `objects`: objects per scene (default 1-5); with one,
+    a caption names one object, so a contrastive batch tells its captions apart by that object alone."""
 
     draw_name = "world-caption"
 
