@@ -67,8 +67,8 @@ def letter_data(greyscale: bool):
     return draw, groups, {"letter": len(LETTERS)}
 
 
-# `attributes`: every whole-scene attribute VQA asks of one object, for an encoder to export as a diagnostic (its
-# table shows shape; `--export` also saves the other heads' scores in the results).
+# `attributes`: every whole-scene attribute VQA asks of one object, for an encoder to export as a diagnostic (the
+# first head's columns are the task's; the others' are named after their attribute).
 TASKS = {"shape": scene_data(("shape",)), "attributes": scene_data(("shape", "colour", "size", "background")),
          "letter": letter_data}
 HELD_OUT = {"shape": "held-out pairs", "attributes": "held-out pairs", "letter": "held-out size"}  # the columns
@@ -152,7 +152,8 @@ def main() -> None:
                         "letter: single capitals on signs (what reading needs)")
     p.add_argument("--arm", action="append", help="only this arm (repeatable; default: every arm of the task)")
     p.add_argument("--tag", help="appended to the results' name, to keep a run of some arms apart")
-    p.add_argument("--export", help="train one arm (--arm, default patch 4) and save it as an MM1 model directory here")
+    p.add_argument("--export", help="train one arm (--arm; default patch 4, or the task's first) and save it as an "
+                        "MM1 model directory here")
     args = p.parse_args()
     unknown = sorted(set(args.arm or []) - set(ARMS[args.task]))
     if unknown:

@@ -16,7 +16,6 @@ with its file, record and reason in `SkipStats`; nothing is dropped silently.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tarfile
@@ -348,12 +347,6 @@ class WorldDraws(Reader):
         return TRAIN.rng(seed, f"{self.draw_name}:{key}")
 
 
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @READERS.register("world-questions")
 class WorldQuestionsReader(WorldDraws, LlavaReader):
     """One question about a new scene per record (`mm1.data.world.conversations.single_question`).  Option `kinds`:
@@ -364,10 +357,11 @@ class WorldQuestionsReader(WorldDraws, LlavaReader):
     def parse(self, source, key, seed):
         from mm1.data.world.base import TRAIN
         from mm1.data.world.conversations import SCENE_KINDS, single_question
+        from mm1.data.world.writers import png
 
         kinds = tuple(self.options.get("kinds", SCENE_KINDS))
         media, conversation = single_question(self.rng(key, seed), TRAIN, kinds)
-        record = {"image": png_bytes(media["image"]), "conversations": conversation}
+        record = {"image": png(media["image"]), "conversations": conversation}
         return super().parse(source, key, (Path(self.path), record))
 
 
@@ -380,17 +374,22 @@ class WorldCaptionsReader(WorldDraws):
     draw_name = "world-caption"
 
     def raw(self):
+        from mm1.data.world.scenes import MAX_OBJECTS
+
         objects = self.options.get("objects")
-        if objects is not None and (isinstance(objects, bool) or not isinstance(objects, int) or not 1 <= objects <= 5):
-            raise ValueError(f"format world-captions: option objects is {objects!r}; a scene holds 1 to 5 objects")
+        if objects is not None and (isinstance(objects, bool) or not isinstance(objects, int)
+                                    or not 1 <= objects <= MAX_OBJECTS):
+            raise ValueError(f"format world-captions: option objects is {objects!r}; a scene holds 1 to "
+                             f"{MAX_OBJECTS} objects")
         yield from super().raw()
 
     def parse(self, source, key, seed):
         from mm1.data.world.base import TRAIN
         from mm1.data.world.pretraining import captioned_scene
+        from mm1.data.world.writers import png
 
         image, caption, _ = captioned_scene(self.rng(key, seed), TRAIN, self.options.get("objects"))
-        return Record(source, key, text=IMAGE_TOKEN + caption, images=[png_bytes(image)])
+        return Record(source, key, text=IMAGE_TOKEN + caption, images=[png(image)])
 
 
 def open_reader(fmt: str, path: str, stats: SkipStats | None = None, sharded: bool = True, **options) -> Reader:

@@ -20,6 +20,7 @@ BACKGROUNDS = {"white": (250, 250, 250), "grey": (210, 210, 210), "beige": (238,
 CANVASES = ((128, 128), (160, 120), (120, 160), (192, 128), (128, 96))
 SIDES = {"circle": 0, "square": 4, "triangle": 3, "diamond": 4, "hexagon": 6}
 GAP = 3  # pixels kept free between objects, so boxes never touch
+MAX_OBJECTS = 5  # a scene holds 1 to MAX_OBJECTS objects
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,11 @@ def place(rng: random.Random, scene: Scene, colour: str, shape: str, size: str, 
 
 def sample_scene(rng: random.Random, split: Split, n: int | None = None,
                  canvas: tuple[int, int] | None = None) -> Scene:
-    """A scene of n (default 1-5) objects with distinct (colour, shape) pairs, so "the red circle" is unique."""
+    """A scene of n (default 1 to MAX_OBJECTS) objects with distinct (colour, shape) pairs, so "the red circle" is
+    unique."""
     width, height = canvas or rng.choice(CANVASES)
     scene = Scene(width, height, rng.choice(list(BACKGROUNDS)), ())
-    for colour, shape in rng.sample(split.pairs, n or rng.randint(1, 5)):
+    for colour, shape in rng.sample(split.pairs, n or rng.randint(1, MAX_OBJECTS)):
         obj = place(rng, scene, colour, shape, rng.choice(list(SIZES)))
         if obj is not None:  # the first always fits (the canvas is empty); later ones may not
             scene = replace(scene, objects=scene.objects + (obj,))
