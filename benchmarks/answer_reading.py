@@ -40,6 +40,8 @@ preference for the named one, more for one that picks it out (`selectivity`).  I
 no image, the scene told in words first ("Imagine a picture. ... There is a small red circle at the top left. ..."
 as in the world's text data): is the lookup hard on image tokens, or for the LLM whatever it reads?  Its third
 arm is the first with the LLM's weights drawn anew: is it the LLM's pre-training that keeps it from the lookup?
+The fourth draws a Qwen3 LLM of the same shape anew, whose RMSNorm on queries and keys (QK-norm) shortens the
+plateau before the lookup on perfect image tokens (`recall.py --family cells-plateau`): does it on the real ones?
 Results: results/answer_reading[_grounding|_grounding-long|_grounding-curriculum|_grounding-colour|_binding][_TAG].json.
 """
 
@@ -65,6 +67,7 @@ class Arm:
     attention: bool = False  # also measure each head's `selectivity` after training (needs split=False)
     in_words: bool = False  # no image: the scene told in words first (the world's dense caption, as in its text data)
     fresh_llm: bool = False  # the LLM re-initialised (encoder and connector as trained): is its pre-training the cause?
+    llm_type: str | None = None  # with fresh_llm: an LLM of this registry type instead of the model's
 
 
 ALL, CONNECTOR_LLM = ["encoder", "connector", "llm"], ["connector", "llm"]
@@ -108,6 +111,8 @@ FAMILIES = {
         "position, LLM, scene in words": Arm(["position"], ["llm"], in_words=True),
         "position, connector + fresh LLM, overview, grid position": Arm(["position"], CONNECTOR_LLM, position=True,
                                                                          split=False, attention=True, fresh_llm=True),
+        "position, connector + fresh qwen3 LLM, overview, grid position": Arm(
+            ["position"], CONNECTOR_LLM, position=True, split=False, attention=True, fresh_llm=True, llm_type="qwen3"),
     },
 }
 DEFAULT_STEPS = {"vqa": 400, "grounding": 400, "grounding-long": 1500, "grounding-curriculum": 1000,
@@ -119,7 +124,10 @@ def rebuilt(model, config, new: str):
     drawn anew (as `MM1Model` initialises them); any other weight that does not fit is an error."""
     from mm1.model.mllm import MM1Model
 
-    out = MM1Model(config, model.processor.tokenizer, model.hf_configs(), load_weights=False)
+    hf_configs = model.hf_configs()
+    if config.model.llm.type != model.config.model.llm.type:  # an LLM of another type: built from `config` alone
+        del hf_configs["llm"]
+    out = MM1Model(config, model.processor.tokenizer, hf_configs, load_weights=False)
     kept = {name: value for name, value in model.state_dict().items() if not name.startswith(new)}
     missing, unexpected = out.load_state_dict(kept, strict=False)
     if unexpected or not all(name.startswith(new) for name in missing):
@@ -183,7 +191,11 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     torch.manual_seed(0)
     model = MM1Model.from_pretrained(model_dir)
     if arm.fresh_llm:
-        model = rebuilt(model, model.config, new="llm.")
+        config = model.config
+        if arm.llm_type:
+            llm = dataclasses.replace(config.model.llm, type=arm.llm_type)
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, llm=llm))
+        model = rebuilt(model, config, new="llm.")
     if arm.position:
         model = with_grid_position(model)
     if not arm.split:

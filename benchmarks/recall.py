@@ -23,6 +23,12 @@ on scenes of the training (colour, shape) pairs and scored on 400 of the held-ou
 a colour.  Arms: `centre cell`, where only the cell of each object's centre shows its colour (one token to find, as
 `recall`'s pair tokens); `covered cells`, where every cell its box overlaps does (a later object's colour where two
 boxes share a cell), as an object spreads over the real image tokens; at lr 1e-3 (the SFT's), 3e-4 and 1e-4.
+
+`--family cells-plateau` asks what shortens the plateau before the covered-cells lookup forms (lr 3e-4, batch 32):
+AdamW's beta2 at the trainer's 0.95 instead of 0.999; a larger initial std of the LLM's weights and the cell
+embeddings (0.05 for both, instead of transformers' 0.02 and PyTorch's 1.0); and a Qwen3 LLM, Llama's layout with an
+RMSNorm on each head's queries and keys (QK-norm), which puts the attention logits at a scale where they depend on
+content from the first step whatever the weights' scale.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class Arm:
     context: str  # "pair tokens", "colour, digit", "centre cell", "covered cells"
     lr: float
     batch: int
+    llm: str = "llama"  # registry type of the fresh LLM (qwen3: Llama's layout with RMSNorm on queries and keys)
+    init_std: float | None = None  # the LLM's and the cell embeddings' initial std (None: transformers' 0.02, 1.0)
+    beta2: float = 0.999  # AdamW's second-moment decay (the trainer's is 0.95)
 
 
 FAMILIES = {
@@ -59,6 +68,13 @@ FAMILIES = {
                for batch in batches for lr in (1e-3, 3e-4)},
     "cells": {f"{context}, lr {lr:g}, batch 32": Arm(context, lr, 32)
               for context, lrs in (("centre cell", (3e-4,)), ("covered cells", (1e-3, 3e-4, 1e-4))) for lr in lrs},
+    # what shortens the plateau before the lookup forms: `cells`' "covered cells, lr 0.0003, batch 32" changed in one
+    # thing each
+    "cells-plateau": {
+        "beta2 0.95": Arm("covered cells", 3e-4, 32, beta2=0.95),
+        "init std 0.05": Arm("covered cells", 3e-4, 32, init_std=0.05),
+        "qwen3 (QK-norm)": Arm("covered cells", 3e-4, 32, llm="qwen3"),
+    },
 }
 
 
@@ -142,15 +158,21 @@ def run_arm(arm: Arm, steps: int, every: int, seed: int = 0) -> list[dict]:
 
     from mm1.config import load_config
     from mm1.data.world.base import HELDOUT, TRAIN
-    from mm1.model.llm import build_llm
+    from mm1.model.llm import build_llm, hf_llm_config
 
     torch.manual_seed(seed)
-    config = load_config(REPO / "recipes" / "tiny.yaml").model.llm
-    llm = build_llm(config, VOCAB, None, load_weights=False)
+    config = dataclasses.replace(load_config(REPO / "recipes" / "tiny.yaml").model.llm, type=arm.llm)
+    hf_config = hf_llm_config(config, VOCAB)
+    if arm.init_std is not None:
+        hf_config.initializer_range = arm.init_std
+    llm = build_llm(config, VOCAB, hf_config, load_weights=False)
     cell_colour, cell_place = torch.nn.Embedding(COLOURS + 1, config.hidden_size), torch.nn.Embedding(
         SIDE * SIDE, config.hidden_size)  # the perfect connector's tokens (`cells` only)
+    if arm.init_std is not None:
+        for embedding in (cell_colour, cell_place):
+            torch.nn.init.normal_(embedding.weight, std=arm.init_std)
     parameters = [*llm.parameters(), *cell_colour.parameters(), *cell_place.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=arm.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=arm.lr, betas=(0.9, arm.beta2), weight_decay=0.0)
     cells, covered = arm.context in ("centre cell", "covered cells"), arm.context == "covered cells"
     if cells:  # (cells or None, ids), the answer the last id
         test, held_out = scenes(random.Random(1), 400, HELDOUT, covered), frozenset()
