@@ -176,7 +176,8 @@ def selectivity(model, prompts: list, test: list) -> list[dict]:
             for (layer, head), v in sorted(shares.items())]
 
 
-def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_samples: int) -> list[dict]:
+def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_samples: int,
+            seed: int = 0) -> list[dict]:
     import torch
 
     from mm1.config import StageConfig
@@ -188,7 +189,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
     from mm1.model.mllm import MM1Model
     from mm1.train.optim import set_trainable
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = MM1Model.from_pretrained(model_dir)
     if arm.fresh_llm:
         config = model.config
@@ -272,7 +273,7 @@ def run_arm(model_dir: str, arm: Arm, steps: int, every: int, lr: float, test_sa
         return scores
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    rng = TRAIN.rng(0, "answer-reading")
+    rng = TRAIN.rng(seed, "answer-reading")
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
         objects = 1 if step <= arm.one_object_first * steps else arm.objects
@@ -296,6 +297,8 @@ def main() -> None:
     add_family_options(p, FAMILIES, default="vqa")
     p.add_argument("--steps", type=int, help=f"steps per arm (default per family: {DEFAULT_STEPS})")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0, help="the new weights' and the training questions' seed (the test "
+                   "set's is fixed)")
     args = p.parse_args()
     name, arms = chosen_arms(args, FAMILIES, "vqa", "answer_reading")
     bench = Bench(name, args)
@@ -304,13 +307,13 @@ def main() -> None:
     for name, arm in arms.items():
         arm_steps = max(1, int(steps * arm.share))
         rows, heads = run_arm(args.model, arm, arm_steps, max(1, arm_steps // 4), args.lr,
-                              test_samples=32 if args.quick else 400)
+                              test_samples=32 if args.quick else 400, seed=args.seed)
         results[name] = rows
         text.append(table(rows, f"{name}: held-out scores ({args.model})"))
         if heads:
             results[f"{name}: attention"] = heads
             text.append(table(heads, f"{name}: attention on the named object, 2-5 objects"))
-    bench.save({"model": args.model, "family": args.family, "lr": args.lr, "arms": results}, text)
+    bench.save({"model": args.model, "family": args.family, "lr": args.lr, "seed": args.seed, "arms": results}, text)
 
 if __name__ == "__main__":
     main()
