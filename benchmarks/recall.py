@@ -27,8 +27,8 @@ boxes share a cell), as an object spreads over the real image tokens; at lr 1e-3
 `--family cells-plateau` asks what shortens the plateau before the covered-cells lookup forms (lr 3e-4, batch 32):
 AdamW's beta2 at the trainer's 0.95 instead of 0.999; a larger initial std of the LLM's weights and the cell
 embeddings (0.05 for both, instead of transformers' 0.02 and PyTorch's 1.0); and a Qwen3 LLM, Llama's layout with an
-RMSNorm on each head's queries and keys (QK-norm), which puts the attention logits at a scale where they depend on
-content from the first step whatever the weights' scale.
+RMSNorm on each head's queries and keys (QK-norm), which sets the attention logits' scale whatever the weights'
+scale.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class Arm:
     lr: float
     batch: int
     llm: str = "llama"  # registry type of the fresh LLM (qwen3: Llama's layout with RMSNorm on queries and keys)
-    init_std: float | None = None  # the LLM's and the cell embeddings' initial std (None: transformers' 0.02, 1.0)
+    init_std: float | None = None  # initial std of the LLM's weights and the cell embeddings (None: 0.02 and 1.0,
+    # transformers' and PyTorch's defaults)
     beta2: float = 0.999  # AdamW's second-moment decay (the trainer's is 0.95)
 
 
