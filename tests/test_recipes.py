@@ -101,26 +101,30 @@ def test_variants_append_one_stage_to_their_base():
     assert {s.options["video_frames"] for s in video.data} == {24} and video.seq_len >= 24 * 144
 
 
-def test_the_long_mode_is_the_default_trained_longer_on_the_same_world():
-    """Longer stages, the grid position embedding, and a lookup stage before an SFT that reads its questions too,
-    on one view per image as the lookup does."""
+def test_the_long_mode_is_the_default_with_lookup_stages_and_a_longer_sft():
+    """The default's model and first three stages step for step, then a lookup stage on position questions alone
+    (long enough for the lookup to form, at a constant low lr), one that widens it to the other kinds, and a longer
+    SFT that reads those questions too, all on one view per image as the lookup learnt."""
     long, default = load_config(RECIPES / "tiny-long.yaml"), load_config(RECIPES / "tiny.yaml")
-    grid = dataclasses.replace(default.model.connector, position_embedding=True)
-    assert long.model == dataclasses.replace(default.model, connector=grid)
+    assert long.model == default.model and not long.model.connector.position_embedding
     assert long.world_dir() == default.world_dir() == Path("runs/tiny/world") and long.run_dir != default.run_dir
+    assert [s.name for s in long.stages] == ["encoder", "pretrain", "cpt", "lookup-position", "lookup", "sft"]
+    assert long.stages[:3] == default.stages[:3]
     stages = {s.name: s for s in long.stages}
-    lookup = stages.pop("lookup")
-    assert [s.name for s in long.stages] == ["encoder", "pretrain", "cpt", "lookup", "sft"]
-    assert [(s.format, s.path) for s in lookup.data] == [("world-questions", "runs/tiny/world")]
-    assert lookup.steps * lookup.batch_size >= 150_000 and lookup.lr <= 3e-4 and not lookup.image.split.enabled
-    for ours, theirs in zip(stages.values(), default.stages, strict=True):
-        data = [s for s in ours.data if s.format != "world-questions"]
-        assert (ours.name, data, ours.lr, ours.batch_size, ours.seq_len, ours.trainable) == \
-               (theirs.name, theirs.data, theirs.lr, theirs.batch_size, theirs.seq_len, theirs.trainable)
-        assert ours.image == theirs.image or (ours.name == "sft" and not ours.image.split.enabled)
-        assert ours.steps >= 1.5 * theirs.steps
-        assert ours.eval is None or (ours.eval.limit is None and ours.eval.tasks == theirs.eval.tasks)
-    assert [s.options for s in stages["sft"].data if s.format == "world-questions"] == [lookup.data[0].options]
+    position, lookup, sft = stages["lookup-position"], stages["lookup"], stages["sft"]
+    for stage in (position, lookup):
+        assert [(s.format, s.path) for s in stage.data] == [("world-questions", "runs/tiny/world")]
+        assert stage.lr <= 3e-4 and not stage.image.split.enabled and stage.trainable == ["connector", "llm"]
+    assert position.data[0].options["kinds"] == ["position"] and position.min_lr_ratio == 1.0
+    assert position.steps * position.batch_size >= 150_000
+    assert set(lookup.data[0].options["kinds"]) == {"position", "size", "ground-box"}
+    theirs = default.stages[-1]
+    assert [s for s in sft.data if s.format != "world-questions"] == theirs.data
+    assert (sft.lr, sft.batch_size, sft.seq_len) == (theirs.lr, theirs.batch_size, theirs.seq_len)
+    assert sft.steps >= 1.5 * theirs.steps and not sft.image.split.enabled
+    assert sft.eval.limit is None and sft.eval.tasks == theirs.eval.tasks
+    assert [s.options["kinds"] for s in sft.data if s.format == "world-questions"] == [lookup.data[0].options["kinds"]]
+
 
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
