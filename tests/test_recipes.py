@@ -126,6 +126,21 @@ def test_the_long_mode_is_the_default_with_lookup_stages_and_a_longer_sft():
     assert [s.options["kinds"] for s in sft.data if s.format == "world-questions"] == [lookup.data[0].options["kinds"]]
 
 
+def test_the_tokenizer_corpus_leaves_drawn_sources_out_when_there_are_files(tmp_path):
+    """Sources drawn as they are read (the world's formats) repeat the world's templates: a recipe that adds them to
+    another trains the same tokenizer (the longer mode's is the default's), and they are read only when alone."""
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"text": "a red circle"}\n{"text": "two blue squares"}\n')
+    drawn = {"name": "questions", "format": "world-questions", "path": str(tmp_path / "no-world")}
+    def recipe(*sources):
+        return load_config(write(tmp_path / "r.yaml", {"stages": [{"name": "sft", "data": list(sources)}]}))
+    files = recipe({"name": "text", "format": "text", "path": str(text)})
+    both = recipe({"name": "text", "format": "text", "path": str(text)}, drawn)
+    assert list(corpus_texts(both)) == list(corpus_texts(files)) == ["a red circle", "two blue squares"]
+    with pytest.raises(FileNotFoundError, match="world.json"):  # alone, the drawn source is what there is to read
+        list(corpus_texts(recipe(drawn)))
+
+
 def write(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree))
     return path

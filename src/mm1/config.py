@@ -164,7 +164,8 @@ class ImageConfig:
 
 @dataclass(config=_strict)
 class TokenizerConfig:
-    """`path`: a local tokenizer directory; without it a small BPE is trained on the run's text."""
+    """`path`: a local tokenizer directory; without it a small BPE is trained on the text of the run's sources
+    (`train.trainer.corpus_texts`)."""
 
     path: Optional[str] = None
     vocab_size: int = 2048

@@ -87,6 +87,8 @@ def shard_slot() -> tuple[int, int]:
 class Reader(torch.utils.data.IterableDataset):
     """Base: subclasses list raw items cheaply (`raw`) and validate one into a Record (`parse`)."""
 
+    file_backed = True  # False: records are generated as they are read
+
     def __init__(self, path: str, stats: SkipStats | None = None, sharded: bool = True, **options):
         super().__init__()
         self.path = path
@@ -331,6 +333,9 @@ class WorldDraws(Reader):
     (default 100,000; record i is the same draw in every pass)."""
 
     draw_name = ""  # names the random stream, so each format draws its own scenes
+    # The tokenizer is trained on a recipe's file sources when it has any: draws repeat the world's own templates, so
+    # a recipe that adds drawn sources to another (tiny-long.yaml to tiny.yaml) gets the same tokenizer.
+    file_backed = False
 
     def raw(self):
         manifest = Path(self.path) / "world.json"

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from mm1.config import MM1Config, StageConfig, save_config, to_dict
 from mm1.data.mixture import StageData
 from mm1.data.processor import IGNORE_INDEX
-from mm1.data.readers import open_reader
+from mm1.data.readers import READERS, open_reader
 from mm1.data.tokenizer import build_tokenizer
 from mm1.model.mllm import MM1Model
 from mm1.train import checkpoint
@@ -119,16 +119,19 @@ def contrastive_step(module: torch.nn.Module, batches: list[dict], optimizer: to
 
 
 def corpus_texts(cfg: MM1Config, per_source: int = 2000) -> Iterator[str]:
-    """Text of the first records of every source, to train the run's tokenizer on."""
-    for stage in cfg.stages:
-        for source in stage.data:
-            for i, record in enumerate(open_reader(source.format, source.path, sharded=False, **source.options)):
-                if i >= per_source:
-                    break
-                if record.text is not None:
-                    yield record.text
-                for message in record.messages or []:
-                    yield message["content"]
+    """Text of the first records of every file-backed source (of every source when none is), to train the run's
+    tokenizer on."""
+    sources = [source for stage in cfg.stages for source in stage.data]
+    if any(READERS.get(source.format).file_backed for source in sources):
+        sources = [source for source in sources if READERS.get(source.format).file_backed]
+    for source in sources:
+        for i, record in enumerate(open_reader(source.format, source.path, sharded=False, **source.options)):
+            if i >= per_source:
+                break
+            if record.text is not None:
+                yield record.text
+            for message in record.messages or []:
+                yield message["content"]
 
 
 def stage_evaluator(stage: StageConfig, out_dir: Path | None) -> Evaluator:
