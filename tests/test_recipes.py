@@ -3,7 +3,6 @@ numbers, build the intended MoE layout on the meta device, and `base:` inheritan
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 

@@ -122,9 +122,8 @@ def corpus_texts(cfg: MM1Config, per_source: int = 2000) -> Iterator[str]:
     """Text of the first records of every file-backed source (of every source when none is), to train the run's
     tokenizer on."""
     sources = [source for stage in cfg.stages for source in stage.data]
-    if any(READERS.get(source.format).file_backed for source in sources):
-        sources = [source for source in sources if READERS.get(source.format).file_backed]
-    for source in sources:
+    files = [source for source in sources if READERS.get(source.format).file_backed]
+    for source in files or sources:
         for i, record in enumerate(open_reader(source.format, source.path, sharded=False, **source.options)):
             if i >= per_source:
                 break
