@@ -124,6 +124,21 @@ def test_frozen_modules_cost_less(vocab, trainable, multipliers):
         assert part["memory_gb"]["sharded"] < full["memory_gb"]["sharded"]
 
 
+def test_a_stage_that_changes_the_connector_is_planned_with_its_model(vocab):
+    changed = tree(vocab, stage={"max_images_per_sequence": 32})
+    changed["model"]["connector"] = {"type": "avg-pool", "tokens": 16}
+    changed["stages"].append(changed["stages"][0] | {"name": "grid", "connector": {"position_embedding": True,
+                                                                                   "tokens": 4}})
+    cfg = config_from_dict(changed)
+    result = plan(cfg, 1)
+    first, grid = result["stages"]
+    assert (first["images_per_sequence"], grid["images_per_sequence"]) == (64 // 16, 64 // 4)
+    before, grown = model_counts(cfg), model_counts(cfg, cfg.stage_model(1))
+    assert grown.connector == before.connector + 2 * 2 * 6 * H + H  # grid embedding: (row, col) x (sin, cos) x 6
+    assert (first["trainable_params"], grid["trainable_params"]) == (before.total, grown.total)
+    assert result["params"]["connector"] == grown.connector  # the exported model's
+
+
 def test_meta_build_allocates_nothing():
     parts = build_meta(load_config(RECIPES / "mm1.5/3b-moe.yaml"))
     assert all(p.device == torch.device("meta") for p in parts.parameters())

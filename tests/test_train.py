@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import TINY, png, write_shard
 from transformers import AutoTokenizer
 
-from mm1.config import ContrastiveConfig, config_from_dict, to_dict
+from mm1.config import ConfigError, ContrastiveConfig, config_from_dict, to_dict
 from mm1.model.mllm import MM1Model
 from mm1.train import checkpoint
 from mm1.train.contrastive import ContrastiveModel, greyscale, swap_groups, swapped
@@ -238,6 +238,43 @@ def test_stage_option_runs_one_stage_from_the_previous_export(data, tmp_path):
     with pytest.raises(ValueError, match=r"second/model was built with another model than the recipe's: "
                                          r"\{'connector': \{'saved': .*'position_embedding': False"):
         Trainer(config_from_dict(tree), progress=False).run("third")
+
+
+def test_a_stage_adds_to_the_connector_and_the_rest_carries_over(data, tmp_path):
+    tree = recipe(data, tmp_path / "run", steps=2)
+    tree["stages"] += [dict(tree["stages"][0], name="grid", steps=2, trainable=["connector"],
+                            connector={"position_embedding": True, "output_norm": True}),
+                       dict(tree["stages"][0], name="after", steps=2)]
+    cfg = config_from_dict(tree)
+    assert [cfg.stage_model(i).connector.position_embedding for i in range(3)] == [False, True, True]
+    Trainer(cfg, progress=False).run("pretrain")
+    Trainer(cfg, progress=False).run("grid")
+    before, grown = weights(tmp_path / "run" / "pretrain" / "model"), weights(tmp_path / "run" / "grid" / "model")
+    added = sorted(set(grown) - set(before))
+    assert added == ["connector.norm.weight", "connector.position.proj.bias", "connector.position.proj.weight"]
+    # The stage trained the connector alone: all else is the previous stage's, bit for bit.
+    assert all(torch.equal(before[k], grown[k]) for k in before if not k.startswith("connector."))
+    model = MM1Model.from_pretrained(tmp_path / "run" / "grid" / "model")  # its config rebuilds it
+    assert model.config.model.connector.position_embedding and model.connector.position is not None
+    # A new output norm starts at the scale of the loaded text embeddings (not of the randomly drawn ones).
+    start = Trainer(cfg, progress=False).initial_model(1, tmp_path / "run" / "pretrain" / "model")
+    embedding_rms = before["llm.model.embed_tokens.weight"].pow(2).mean().sqrt()
+    assert torch.allclose(start.connector.norm.weight, embedding_rms.expand(32))
+    Trainer(cfg, progress=False).run("after")  # the next stage starts from the grown model as it is
+    assert set(weights(tmp_path / "run" / "after" / "model")) == set(grown)
+
+
+def test_a_stage_cannot_drop_or_reshape_connector_weights(data, tmp_path):
+    tree = recipe(data, tmp_path / "run", steps=2)
+    Trainer(config_from_dict(tree), progress=False).run()
+    for change, message in (({"type": "avg-pool"}, r"unexpected \['connector\."),
+                            ({"hidden_size": 16}, r"27 parameters have another shape, e\.g\. \[.connector\.")):
+        tree["stages"] = tree["stages"][:1] + [dict(tree["stages"][0], name="changed", connector=change)]
+        with pytest.raises(ValueError, match=r"pretrain/model/model.safetensors does not match the config: .*" + message):
+            Trainer(config_from_dict(tree), progress=False).run()
+    tree["stages"][1]["connector"] = {"position_embeding": True}
+    with pytest.raises(ConfigError, match=r"stages.changed.connector:\n  connector.position_embeding: unknown key"):
+        config_from_dict(tree)
 
 
 def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):

@@ -259,6 +259,9 @@ class StageConfig:
     compile: bool = False  # torch.compile the LLM
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient stops the run, or skips the step
     image: Optional[ImageConfig] = None  # the stage's image settings (e.g. high-res splitting); default: top level
+    # Connector changes from this stage on, e.g. `{position_embedding: true}`: the weights carry over by name and
+    # what the change adds is drawn new (`MM1Model.from_pretrained`).  Encoder and LLM stay as the run builds them.
+    connector: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -314,6 +317,20 @@ class MM1Config:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        for index in range(len(self.stages)):
+            self.stage_model(index)
+
+    def stage_model(self, index: int) -> ModelConfig:
+        """The model stage `index` trains: `model` with the connector changes of that stage and the ones before."""
+        connector = to_dict(self.model.connector)
+        for stage in self.stages[: index + 1]:
+            connector.update(stage.connector)
+        if connector == to_dict(self.model.connector):
+            return self.model
+        try:
+            return TypeAdapter(ModelConfig).validate_python({**to_dict(self.model), "connector": connector})
+        except ValidationError as err:
+            raise ValueError(_format_errors(err, f"stages.{self.stages[index].name}.connector")) from None
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

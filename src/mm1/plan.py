@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mm1.config import MM1Config, StageConfig
+from mm1.config import ConnectorConfig, MM1Config, ModelConfig, StageConfig
 from mm1.model.connector import build_connector, output_tokens
 from mm1.model.encoder import ImageEncoder
 from mm1.model.llm import build_llm
@@ -93,9 +93,10 @@ class ModelCounts:
         return self.encoder + self.connector + self.llm_active
 
 
-def build_meta(cfg: MM1Config) -> nn.ModuleDict:
-    """Encoder, connector and LLM as `MM1Model` builds them, on the meta device (no memory, no weights read)."""
-    mcfg = cfg.model
+def build_meta(cfg: MM1Config, mcfg: ModelConfig | None = None) -> nn.ModuleDict:
+    """Encoder, connector and LLM as `MM1Model` builds them (the run's model, or `mcfg`, e.g. a stage's), on the
+    meta device (no memory, no weights read)."""
+    mcfg = mcfg or cfg.model
     with torch.device("meta"):
         encoder = ImageEncoder(mcfg.encoder, load_weights=False)
         llm = build_llm(mcfg.llm, mcfg.llm.vocab_size, load_weights=False)
@@ -111,8 +112,8 @@ def view_sizes(cfg: MM1Config) -> set[int]:
     return {(s.image or cfg.image).size or cfg.model.encoder.image_size for s in cfg.stages}
 
 
-def model_counts(cfg: MM1Config) -> ModelCounts:
-    parts = build_meta(cfg)
+def model_counts(cfg: MM1Config, mcfg: ModelConfig | None = None) -> ModelCounts:
+    parts = build_meta(cfg, mcfg)
     encoder, connector, llm = parts["encoder"], parts["connector"], parts["llm"]
     llm_total = count(llm)
     experts = sum(p.numel() for name, p in llm.named_parameters() if ".experts." in name)
@@ -144,15 +145,15 @@ def flop_multiplier(stage: StageConfig, module: str) -> int:
     return 2 + 2 * (module in stage.trainable) + 2 * any(m in stage.trainable for m in upstream)
 
 
-def plan_stage(cfg: MM1Config, counts: ModelCounts, stage: StageConfig, gpus: int, gpu_memory_gb: float,
-               mfu: float, peak: float, target_days: float | None = None,
+def plan_stage(cfg: MM1Config, counts: ModelCounts, connector: ConnectorConfig, stage: StageConfig, gpus: int,
+               gpu_memory_gb: float, mfu: float, peak: float, target_days: float | None = None,
                images_per_sequence: float | None = None, views_per_image: float | None = None) -> dict:
     image = stage.image or cfg.image
     size = image.size or cfg.model.encoder.image_size
     view = counts.views[size]
     if views_per_image is None:
         views_per_image = image.split.max_tiles + 1 if image.split.enabled else 1
-    image_tokens = views_per_image * output_tokens(cfg.model.connector, view.grid)
+    image_tokens = views_per_image * output_tokens(connector, view.grid)
     if images_per_sequence is None:
         images_per_sequence = min(stage.max_images_per_sequence, stage.seq_len // image_tokens)
     global_batch = stage.batch_size * stage.grad_accum * gpus
@@ -197,16 +198,17 @@ def plan(cfg: MM1Config, gpus: int, gpu_memory_gb: float = 80, mfu: float = 0.4,
          target_days: float | None = None, stage: str | None = None, **assumptions) -> dict:
     if gpus < 1 or not 0 < mfu <= 1:
         raise ValueError(f"need gpus >= 1 and 0 < mfu <= 1, got gpus={gpus}, mfu={mfu}")
-    stages = [s for s in cfg.stages if stage is None or s.name == stage]
-    if not stages:
+    if stage is not None and stage not in [s.name for s in cfg.stages]:
         raise ValueError(f"no stage {stage!r} in the recipe; stages: {[s.name for s in cfg.stages]}")
-    counts = model_counts(cfg)
-    params = {k: getattr(counts, k) for k in ("encoder", "connector", "llm", "llm_active", "llm_flop",
+    models = [cfg.stage_model(i) for i in range(len(cfg.stages))]  # a stage may change the connector
+    counts = {key: model_counts(cfg, m) for key, m in {repr(m): m for m in models}.items()}
+    final = counts[repr(models[-1])]  # the model the run exports
+    params = {k: getattr(final, k) for k in ("encoder", "connector", "llm", "llm_active", "llm_flop",
                                                 "largest_block", "root", "total", "active")}
     return {"gpus": gpus, "gpu_memory_gb": gpu_memory_gb, "mfu": mfu, "peak_flops": peak, "target_days": target_days,
             "params": params,
-            "stages": [plan_stage(cfg, counts, s, gpus, gpu_memory_gb, mfu, peak, target_days, **assumptions)
-                       for s in stages]}
+            "stages": [plan_stage(cfg, counts[repr(m)], m.connector, s, gpus, gpu_memory_gb, mfu, peak, target_days,
+                                  **assumptions) for m, s in zip(models, cfg.stages) if stage in (None, s.name)]}
 
 
 def _num(x: float) -> str:

@@ -15,11 +15,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, DynamicCache
 
-from mm1.config import MM1Config, load_config, save_config
+from mm1.config import ConnectorConfig, MM1Config, load_config, save_config
 from mm1.data.processor import IGNORE_INDEX, Processor
 from mm1.data.tokenizer import IMAGE_TOKEN
 from mm1.model.connector import build_connector, output_tokens
@@ -55,12 +56,16 @@ class MM1Model(nn.Module):
         self.encoder = ImageEncoder(mcfg.encoder, enc_hf, load_weights)
         self.llm = build_llm(mcfg.llm, len(tokenizer), llm_hf, load_weights)
         self.connector = build_connector(mcfg.connector, self.encoder.width, self.llm.config.hidden_size)
-        if self.connector.norm is not None:  # image tokens start at the scale of the text tokens around them
-            with torch.no_grad():
-                self.connector.norm.weight.fill_(self.llm.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+        if self.connector.norm is not None:
+            self.scale_image_tokens()
         self.processor = Processor(tokenizer, mcfg, config.image)
         self.image_token_id = self.processor.image_token_id
         self.num_experts = num_experts(self.llm)
+
+    @torch.no_grad()
+    def scale_image_tokens(self) -> None:
+        """Image tokens start at the scale of the text tokens around them (the output norm's gain)."""
+        self.connector.norm.weight.fill_(self.llm.get_input_embeddings().weight.float().pow(2).mean().sqrt())
 
     # ---- images -> embeddings ------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -199,19 +204,34 @@ class MM1Model(nn.Module):
         return {"encoder": self.encoder.hf_config.to_dict(), "llm": self.llm.config.to_dict()}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MM1Model":
+    def from_pretrained(cls, path: str | Path, connector: ConnectorConfig | None = None) -> "MM1Model":
+        """The saved model; with `connector`, that connector in place of the saved one (a stage's connector change):
+        the saved weights load by name, and the parameters only the new connector has are drawn from the current
+        random state.  A change that drops or reshapes a saved parameter raises."""
         path = Path(path)
         for name in (WEIGHTS, CONFIG, HF_CONFIGS):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path} is not an mm1 model directory: {name} is missing")
         config = load_config(path / CONFIG)
+        if connector is not None:
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, connector=connector))
         tokenizer = AutoTokenizer.from_pretrained(path)
         hf_configs = json.loads((path / HF_CONFIGS).read_text())
         model = cls(config, tokenizer, hf_configs, load_weights=False)
+        with safe_open(str(path / WEIGHTS), "pt") as saved:
+            shapes = {name: tuple(saved.get_slice(name).get_shape()) for name in saved.keys()}
+        own = model.state_dict()
+        reshaped = [f"{name} {shape} -> {tuple(own[name].shape)}" for name, shape in shapes.items()
+                    if name in own and shape != tuple(own[name].shape)]
+        if reshaped:
+            raise ValueError(f"{path / WEIGHTS} does not match the config: {len(reshaped)} parameters have another "
+                             f"shape, e.g. {reshaped[:3]}")
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS} does not match the config: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+        if unexpected or (missing and connector is None):
+            raise ValueError(f"{path / WEIGHTS} does not match the config: missing "
+                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        if "connector.norm.weight" in missing:  # a new output norm starts at the loaded text embeddings' scale
+            model.scale_image_tokens()
         return model.eval()
 
 

@@ -9,6 +9,7 @@ TensorBoard if asked), checkpoints every `checkpoint_every` steps, and the train
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,12 +22,12 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from mm1.config import MM1Config, StageConfig, save_config, to_dict
+from mm1.config import MM1Config, StageConfig, load_config, save_config, to_dict
 from mm1.data.mixture import StageData
 from mm1.data.processor import IGNORE_INDEX
 from mm1.data.readers import READERS, open_reader
 from mm1.data.tokenizer import build_tokenizer
-from mm1.model.mllm import MM1Model
+from mm1.model.mllm import CONFIG, MM1Model
 from mm1.train import checkpoint
 from mm1.train.contrastive import ContrastiveModel, swap_groups
 from mm1.train.distributed import World, all_reduce_sum, barrier, init_world, wrap
@@ -222,23 +223,31 @@ class Trainer:
         barrier(self.world)
         return AutoTokenizer.from_pretrained(folder)
 
-    def initial_model(self, previous: Path | None) -> MM1Model:
+    def initial_model(self, index: int, previous: Path | None) -> MM1Model:
+        """Stage `index`'s model: new, or the previous stage's export with this stage's connector change made."""
+        config = dataclasses.replace(self.cfg, model=self.cfg.stage_model(index))
         if previous is None:
             torch.manual_seed(self.cfg.seed)
-            return MM1Model(self.cfg, self.tokenizer())
-        model = MM1Model.from_pretrained(previous)
-        saved, wanted = to_dict(model.config.model), to_dict(self.cfg.model)
+            return MM1Model(config, self.tokenizer())
+        before = self.cfg.stage_model(index - 1)
+        saved, wanted = to_dict(load_config(previous / CONFIG).model), to_dict(before)
         if saved != wanted:  # else the run's config would describe weights the model does not have
             changed = {k: {"saved": saved.get(k), "recipe": v} for k, v in wanted.items() if saved.get(k) != v}
             raise ValueError(f"{previous} was built with another model than the recipe's: {changed}. A run's stages "
-                             "share one architecture; train the changed model in a new run_dir")
-        model.config = self.cfg  # the run's config (same architecture) carries the stages' settings on
+                             "share one architecture (but for each stage's `connector` changes); train the changed "
+                             "model in a new run_dir")
+        changed = config.model.connector != before.connector
+        if changed:
+            torch.manual_seed(self.cfg.seed + index)  # draws what the change adds
+            self.log(f"stage {self.cfg.stages[index].name} changes the connector: {self.cfg.stages[index].connector}")
+        model = MM1Model.from_pretrained(previous, config.model.connector if changed else None)
+        model.config = config  # the run's config (this stage's model) carries the stages' settings on
         return model
 
     def train_stage(self, index: int, stage: StageConfig, previous: Path | None) -> None:
         world, stage_dir = self.world, self.run_dir / stage.name
         stage_dir.mkdir(parents=True, exist_ok=True)
-        model = self.initial_model(previous)
+        model = self.initial_model(index, previous)
         model.set_image_config(stage.image or self.cfg.image)
         self.log(f"stage {stage.name} ({index + 1}/{len(self.cfg.stages)}): from "
                  f"{previous or 'initialisation'}; {stage.steps} steps x {stage.grad_accum} x {stage.batch_size} "
