@@ -236,11 +236,11 @@ class Trainer:
             raise ValueError(f"{previous} was built with another model than the recipe's: {changed}. A run's stages "
                              "share one architecture (but for each stage's `connector` changes); train the changed "
                              "model in a new run_dir")
-        changed = config.model.connector != before.connector
-        if changed:
+        grows = config.model.connector != before.connector
+        if grows:
             torch.manual_seed(self.cfg.seed + index)  # draws what the change adds
             self.log(f"stage {self.cfg.stages[index].name} changes the connector: {self.cfg.stages[index].connector}")
-        model = MM1Model.from_pretrained(previous, config.model.connector if changed else None)
+        model = MM1Model.from_pretrained(previous, config.model.connector if grows else None)
         model.config = config  # the run's config (this stage's model) carries the stages' settings on
         return model
 
