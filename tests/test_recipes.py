@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mm1.config import ConfigError, load_config
-from mm1.data.readers import open_reader
+from mm1.data.readers import READERS, open_reader
 from mm1.data.tokenizer import build_tokenizer
 from mm1.model.mllm import MM1Model
 from mm1.plan import build_meta
@@ -123,6 +123,25 @@ def test_the_long_mode_is_the_default_with_lookup_stages_and_a_longer_sft():
     assert sft.steps >= 1.5 * theirs.steps and not sft.image.split.enabled
     assert sft.eval.limit is None and sft.eval.tasks == theirs.eval.tasks
     assert [s.options["kinds"] for s in sft.data if s.format == "world-questions"] == [lookup.data[0].options["kinds"]]
+
+
+def test_the_reading_recipe_is_the_default_with_a_sign_curriculum_before_its_sft():
+    """The default's stages and tokenizer corpus, then signs of 1, 2-3 and 3-7 letters with the encoder trained:
+    one view while a letter or two fill it, tiles as the SFT's for words; the SFT is the default's."""
+    reading, default = load_config(RECIPES / "tiny-reading.yaml"), load_config(RECIPES / "tiny.yaml")
+    assert reading.model == default.model and reading.run_dir != default.run_dir
+    assert reading.stages[:3] == default.stages[:3] and reading.stages[-1] == default.stages[-1]
+    def files(cfg):  # what the tokenizer is trained on (corpus_texts)
+        return [s for stage in cfg.stages for s in stage.data if READERS.get(s.format).file_backed]
+    assert files(reading) == files(default)
+    curriculum = reading.stages[3:-1]
+    assert [s.data[0].options["letters"] for s in curriculum] == [[1, 1], [2, 3], [3, 7]]
+    for stage in curriculum:
+        assert [(s.format, s.path) for s in stage.data] == [("world-signs", "runs/tiny/world")]
+        assert stage.trainable == ["encoder", "connector", "llm"] and stage.lr_multipliers["encoder"] > 1
+    assert [s.image.split.enabled for s in curriculum] == [False, False, True]
+    assert curriculum[-1].image.split == default.stages[-1].image.split
+    assert curriculum[-1].eval.tasks == ["recipes/tasks/world-ocr.yaml"]
 
 
 def test_the_tokenizer_corpus_leaves_drawn_sources_out_when_there_are_files(tmp_path):

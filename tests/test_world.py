@@ -351,6 +351,32 @@ def test_world_captions_are_captioned_training_scenes_of_the_asked_object_count(
             read(objects=bad)
 
 
+def test_world_signs_are_one_sign_to_read_of_the_asked_letters(world):
+    """The reading curriculum's source: a sign and "What does the sign say?" per record, drawn as read; with
+    `letters`, made-up strings of that many letters only; never a held-out word."""
+    def read(**options):
+        return list(open_reader("world-signs", str(world), records=200, **options))
+
+    single = read(letters=[1, 1])
+    assert len(single) == 200 and [r.messages for r in single] == [r.messages for r in read(letters=[1, 1])]
+    for record in single:
+        question, answer = record.messages
+        assert question["content"] == "<image>\nWhat does the sign say?" and len(record.images) == 1
+        assert re.fullmatch(r"[A-Z]( \d{1,2})?", answer["content"])
+        width, height = Image.open(io.BytesIO(record.images[0])).size
+        assert width == height or " " in answer["content"]  # one letter fills a fixed share of a square sign
+    assert len({r.messages[1]["content"][0] for r in single}) > 20  # the alphabet, not a few letters
+    words = [r.messages[1]["content"].split(" ")[0] for r in read(letters=[3, 4])]
+    assert {len(w) for w in words} == {3, 4}
+    default = [r.messages[1]["content"].split(" ")[0].lower() for r in read()]
+    # the world's own signs: training words and made-up strings, about half each
+    assert 50 < sum(w in TRAIN.words for w in default) < 150
+    assert not any(held in w for w in default + [w.lower() for w in words] for held in HELD_OUT_WORDS)
+    for bad in ([0, 2], [3, 2], [1], "one", [1.0, 2], [True, 2]):
+        with pytest.raises(ValueError, match="option letters is"):
+            read(letters=bad)
+
+
 def check_interleaved(texts: list, images: list, load) -> None:
     assert len(texts) == len(images) and images
     assert all((t is None) != (i is None) for t, i in zip(texts, images))

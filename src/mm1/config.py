@@ -184,7 +184,7 @@ class SourceConfig:
     """One data source of a stage's mixture: `{name: captions, format: webdataset, path: data/captions, weight: 45}`."""
 
     name: str
-    format: str  # registry name: webdataset | interleaved | text | llava | world-questions | world-captions
+    format: str  # registry name (data/readers.py): webdataset | interleaved | text | llava | world-questions | ...
     path: str
     weight: float = 1.0  # relative share of the samples drawn (MM1: captions 45, interleaved 45, text 10)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # reader options, e.g. {category: math}

@@ -8,6 +8,7 @@
 | `llava`       | LLaVA `.json` list or `.jsonl` (`image` / `images` / `video`, `conversations`) | chat |
 | `world-questions` | a synthetic world's folder (`world.json`); its scenes are drawn as they are read | chat |
 | `world-captions` | the same; one captioned scene per record                 | caption document                     |
+| `world-signs` | the same; one sign to read per record                    | chat                                 |
 
 Records are sharded across distributed ranks and data-loader workers by index (record i goes to slot
 i mod (ranks x workers)), so every record is read exactly once per pass.  A bad record is skipped and counted
@@ -352,22 +353,57 @@ class WorldDraws(Reader):
         return TRAIN.rng(seed, f"{self.draw_name}:{key}")
 
 
+class WorldChats(WorldDraws, LlavaReader):
+    """One drawn single-image conversation per record, read as a LLaVA record is."""
+
+    def draw(self, rng) -> tuple[dict, list[dict]]:  # (media, LLaVA conversation)
+        raise NotImplementedError
+
+    def parse(self, source, key, seed):
+        from mm1.data.world.writers import png
+
+        media, conversation = self.draw(self.rng(key, seed))
+        record = {"image": png(media["image"]), "conversations": conversation}
+        return super().parse(source, key, (Path(self.path), record))
+
+
 @READERS.register("world-questions")
-class WorldQuestionsReader(WorldDraws, LlavaReader):
+class WorldQuestionsReader(WorldChats):
     """One question about a new scene per record (`mm1.data.world.conversations.single_question`).  Option `kinds`:
     the question tasks asked, e.g. [position, ground-box]; default every scene question."""
 
     draw_name = "single-question"
 
-    def parse(self, source, key, seed):
+    def draw(self, rng):
         from mm1.data.world.base import TRAIN
         from mm1.data.world.conversations import SCENE_KINDS, single_question
-        from mm1.data.world.writers import png
 
-        kinds = tuple(self.options.get("kinds", SCENE_KINDS))
-        media, conversation = single_question(self.rng(key, seed), TRAIN, kinds)
-        record = {"image": png(media["image"]), "conversations": conversation}
-        return super().parse(source, key, (Path(self.path), record))
+        return single_question(rng, TRAIN, tuple(self.options.get("kinds", SCENE_KINDS)))
+
+
+@READERS.register("world-signs")
+class WorldSignsReader(WorldChats):
+    """One sign and "What does the sign say?" per record (`mm1.data.world.conversations.sign_reading`).  Option
+    `letters`: [fewest, most] letters of a made-up string on every sign (e.g. [1, 1] for single letters); default
+    the world's own signs (its training words and made-up strings, sometimes with a number)."""
+
+    draw_name = "sign"
+
+    def raw(self):
+        letters = self.options.get("letters")
+        if letters is not None and not (isinstance(letters, (list, tuple)) and len(letters) == 2
+                                        and all(isinstance(n, int) and not isinstance(n, bool) for n in letters)
+                                        and 1 <= letters[0] <= letters[1]):
+            raise ValueError(f"format world-signs: option letters is {letters!r}; give [fewest, most] letters, "
+                             "1 <= fewest <= most")
+        yield from super().raw()
+
+    def draw(self, rng):
+        from mm1.data.world.base import TRAIN
+        from mm1.data.world.conversations import sign_reading
+
+        letters = self.options.get("letters")
+        return sign_reading(rng, TRAIN, tuple(letters) if letters else None)
 
 
 @READERS.register("world-captions")

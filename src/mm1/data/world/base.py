@@ -59,10 +59,10 @@ HELDOUT = Split("heldout", HELD_OUT_PAIRS, HELD_OUT_WORDS)
 SUPPORT = Split("support", TRAIN_PAIRS, TRAIN_WORDS)
 
 
-def made_up_word(rng: random.Random) -> str:
-    """3-7 random letters that contain no held-out word."""
+def made_up_word(rng: random.Random, letters: tuple[int, int] = (3, 7)) -> str:
+    """`letters` (fewest, most) random letters that contain no held-out word."""
     while True:
-        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 7)))
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(*letters)))
         if not any(held in word for held in HELD_OUT_WORDS):
             return word
 

@@ -139,6 +139,15 @@ def single_question(rng: random.Random, split: Split,
                            {"from": "gpt", "value": asked[0].answer}]
 
 
+def sign_reading(rng: random.Random, split: Split,
+                 letters: tuple[int, int] | None = None) -> tuple[Content, list[dict]]:
+    """One sign and "What does the sign say?": reading alone, one answer per image.  With `letters`, the sign shows
+    a made-up string of that many letters, so a stage can go from single letters to words."""
+    doc = text_rich.sign(rng, split, letters)
+    media, qa = {"image": doc.image}, doc.qa[0]
+    return media, [{"from": "human", "value": prompt(media) + qa.question}, {"from": "gpt", "value": qa.answer}]
+
+
 def cite(media: Content, store: Media, stem: str, rng: random.Random) -> dict:
     """Write the media of one record and return its LLaVA keys (`image`, `images` or `video`)."""
     if "image" in media:

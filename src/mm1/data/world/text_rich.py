@@ -77,12 +77,18 @@ def line_questions(doc: TextImage, rng: random.Random) -> list[QA]:
             QA(f'Where is the text "{text}"? Answer with a bounding box.', where, "ocr-ground", "refer-ground")]
 
 
-def sign(rng: random.Random, split: Split) -> TextImage:
-    """One word, sometimes with a number ("LAKE 7"), in large letters: the sign grows to fit the text."""
-    word = made_up_word(rng) if split.made_up_words and rng.random() < 0.5 else rng.choice(split.words)
+def sign(rng: random.Random, split: Split, letters: tuple[int, int] | None = None) -> TextImage:
+    """One word, sometimes with a number ("LAKE 7"), in large letters: the sign grows to fit the text.  With
+    `letters` (fewest, most), the word is always a made-up string of that many letters (a reading curriculum)."""
+    if letters is not None:
+        word = made_up_word(rng, letters)
+    else:
+        word = made_up_word(rng) if split.made_up_words and rng.random() < 0.5 else rng.choice(split.words)
     text = word.upper() + (f" {rng.randint(1, 99)}" if rng.random() < 0.3 else "")
     size = rng.choice([24, 28])
-    width, height = max(128, math.ceil(font(size).getlength(text)) + 40), rng.choice([80, 96, 112])
+    # A curriculum's sign is square unless its text needs more width, so a lone letter fills a fixed share of a view
+    width, height = math.ceil(font(size).getlength(text)) + 40, rng.choice([80, 96, 112])
+    width = max(width, 128 if letters is None else height)
     colour = rng.choice(list(COLOURS))
     doc = TextImage("sign", Image.new("RGB", (width, height), (235, 235, 235)))
     ImageDraw.Draw(doc.image).rounded_rectangle((6, 6, width - 7, height - 7), radius=8, fill=COLOURS[colour])
