@@ -6,7 +6,7 @@ exact, and its letters in place (the i-th letter right, over all letters).  The 
 words) is `mm1 eval`'s; this follows the reading curriculum's steps (`recipes/tiny-reading.yaml`): one letter,
 two or three, a word.
 
-  python benchmarks/reading.py runs/tiny-reading/letters/model runs/tiny-reading/short/model --letters 1 1 \
+  python benchmarks/reading.py runs/tiny-reading/letters/model runs/tiny-reading/short-strings/model --letters 1 1 \
       --letters 2 3 --letters 3 7
 
 Results: results/reading[_TAG].json.
